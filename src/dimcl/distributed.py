@@ -1,0 +1,77 @@
+"""Distributed helpers: a gather that keeps gradients right, and world information.
+
+Losses that need the whole batch (DimCL's per-dimension statistics, NT-Xent negatives, Barlow Twins'
+cross-correlation, VICReg's variance and covariance) gather the per-rank tensors and compute the loss
+of the *global* batch on every rank. Every rank then holds the same loss ``L`` of the global batch.
+
+Backward of the gather: rank ``r`` owns the slice ``z_r`` of the gathered tensor. Every rank
+computes the same ``dL/dZ``; summing it over ranks (all-reduce) and keeping slice ``r`` gives
+``world_size * dL/dz_r``. DDP then averages parameter gradients over ranks, which divides by
+``world_size`` again, so the parameters receive exactly the gradient of one process on the whole
+batch. A gather whose backward only slices (without the all-reduce) is off by ``1 / world_size``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a process group is initialised and has more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather along dim 0 whose backward all-reduces the gradient and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+        sizes_list = [int(s.item()) for s in sizes]
+        if len(set(sizes_list)) != 1:
+            raise ValueError(
+                f"distributed gather needs the same batch size on every rank, got {sizes_list}; "
+                "use drop_last=True in the data loader so every rank sees equal batches"
+            )
+        parts = [torch.empty_like(tensor) for _ in sizes_list]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rank = dist.get_rank()
+        ctx.local_size = tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = ctx.rank * ctx.local_size
+        return grad[start : start + ctx.local_size]
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (N, ...) from every rank along dim 0 -> (world_size * N, ...).
+
+    Identity when not distributed. Gradients flow back to every rank (see the module docstring).
+    """
+    if not is_distributed():
+        return tensor
+    return _GatherWithGradient.apply(tensor)
+
+
+@torch.no_grad()
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather without autograd, e.g. for momentum-encoder keys entering a queue."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)

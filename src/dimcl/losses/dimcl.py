@@ -1,0 +1,137 @@
+"""DimCL: contrastive learning along the feature dimension.
+
+Nguyen et al., "DimCL: Dimensional Contrastive Learning for Improving Self-Supervised Learning",
+IEEE Access 11, 2023 (arXiv 2309.11782).
+
+For the projector outputs of two views ``z1, z2`` of shape (N, D):
+
+1. standardise every dimension over the batch, each view on its own (biased variance, eps 1e-5,
+   no affine parameters, no running statistics): ``ẑ = (z - mean) / sqrt(var + eps)``;
+2. transpose, so each of the D dimensions is a vector of length N;
+3. stack both views into 2D vectors ``h`` and L2-normalise them. Because they are centred,
+   ``h_i · h_j`` is the Pearson correlation of two dimensions across the batch;
+4. InfoNCE with temperature τ: the positive of vector i is the same dimension in the other view,
+   the negatives are the other 2D - 2 vectors, and the self-similarity is left out:
+
+       L = -1/(2D) Σ_i log( exp(s_i,p(i)/τ) / Σ_{j≠i} exp(s_ij/τ) )
+
+The softmax gives each negative a gradient weight that grows with its similarity (hardness-aware).
+The uniform ablation keeps the positives and negatives but weighs every negative equally:
+
+       L_uniform = 1/(2D) Σ_i ( -s_i,p(i) + mean_{j∉{i,p(i)}} s_ij ) / τ
+
+Under data parallelism the statistics and the dimension vectors span the *global* batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dimcl.distributed import gather
+
+STANDARDIZE_EPS = 1e-5
+
+
+def _check_inputs(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
+    if z1.dim() != 2 or z2.dim() != 2:
+        raise ValueError(
+            f"DimCL expects two (N, D) projector outputs, got shapes {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
+    if z1.shape != z2.shape:
+        raise ValueError(
+            f"DimCL needs both views to have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
+    n, d = z1.shape
+    if n < 2:
+        raise ValueError(
+            f"DimCL standardises every dimension over the batch and needs a batch of at least 2, got N={n}"
+        )
+    if d < 2:
+        raise ValueError(f"DimCL contrasts dimensions and needs at least 2 of them, got D={d}")
+    if not temperature > 0:
+        raise ValueError(f"DimCL temperature must be > 0, got {temperature}")
+
+
+def standardize(z: torch.Tensor, eps: float = STANDARDIZE_EPS) -> torch.Tensor:
+    """Standardise each column of ``z`` (N, D) over the batch: biased variance, no affine, no running stats."""
+    mean = z.mean(dim=0, keepdim=True)
+    var = z.var(dim=0, unbiased=False, keepdim=True)
+    return (z - mean) * torch.rsqrt(var + eps)
+
+
+def dimension_vectors(z1: torch.Tensor, z2: torch.Tensor, eps: float = STANDARDIZE_EPS) -> torch.Tensor:
+    """The 2D unit-length dimension vectors (2D, N): rows 0..D-1 from view 1, D..2D-1 from view 2."""
+    h = torch.cat([standardize(z1, eps).T, standardize(z2, eps).T], dim=0)
+    return F.normalize(h, dim=1)
+
+
+def positive_index(num_dims: int, device: torch.device | None = None) -> torch.Tensor:
+    """Index of each of the 2D vectors' positive: the same dimension in the other view."""
+    idx = torch.arange(num_dims, device=device)
+    return torch.cat([idx + num_dims, idx])
+
+
+def contrast_similarities(similarity: torch.Tensor, temperature: float, hardness_aware: bool = True) -> torch.Tensor:
+    """Loss from the (2D, 2D) cosine similarities of the dimension vectors (rows are anchors).
+
+    Row i's positive is column (i + D) mod 2D; the diagonal is excluded.
+    """
+    two_d = similarity.shape[0]
+    num_dims = two_d // 2
+    pos = positive_index(num_dims, similarity.device)
+    self_mask = torch.eye(two_d, dtype=torch.bool, device=similarity.device)
+    logits = similarity / temperature
+    if hardness_aware:
+        return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), pos)
+    positive = logits.gather(1, pos[:, None]).squeeze(1)
+    # Every entry except self and the positive is a negative: 2D - 2 of them per row.
+    negative_sum = logits.masked_fill(self_mask, 0.0).sum(dim=1) - positive
+    negative_mean = negative_sum / (two_d - 2)
+    return (negative_mean - positive).mean()
+
+
+def dimcl_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    hardness_aware: bool = True,
+    *,
+    gather_distributed: bool = False,
+    eps: float = STANDARDIZE_EPS,
+) -> torch.Tensor:
+    """DimCL loss of two views' projector outputs ``z1, z2`` (N, D) -> scalar (float32 or float64).
+
+    Half-precision inputs are computed in float32 with autocast disabled, so the loss is safe to
+    call inside ``torch.autocast``. With ``gather_distributed`` and an initialised process group, the
+    batch is gathered from every rank first (gradients flow back correctly, see dimcl.distributed).
+    """
+    _check_inputs(z1, z2, temperature)
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        if z1.dtype in (torch.float16, torch.bfloat16):
+            z1, z2 = z1.float(), z2.float()
+        if gather_distributed:
+            z1, z2 = gather(z1), gather(z2)
+        h = dimension_vectors(z1, z2, eps)
+        return contrast_similarities(h @ h.T, temperature, hardness_aware)
+
+
+class DimCLLoss(nn.Module):
+    """Module form of :func:`dimcl_loss`; gathers across ranks by default (global-batch statistics)."""
+
+    def __init__(self, temperature: float = 0.1, hardness_aware: bool = True, gather_distributed: bool = True):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"DimCL temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.hardness_aware = hardness_aware
+        self.gather_distributed = gather_distributed
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return dimcl_loss(
+            z1, z2, self.temperature, self.hardness_aware, gather_distributed=self.gather_distributed
+        )
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, hardness_aware={self.hardness_aware}"

@@ -1,0 +1,22 @@
+"""Negative cosine objectives of the predictor methods, the target side always stop-gradient.
+
+BYOL (Grill et al., NeurIPS 2020):     L(p, z) = 2 - 2 · mean_i cos(p_i, z_i)
+SimSiam (Chen & He, CVPR 2021):        L(p, z) =   - mean_i cos(p_i, z_i)
+
+``p`` is the online predictor output (N, d), ``z`` the target projection (N, d), detached here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's normalised MSE, 2 - 2 cos, averaged over the batch."""
+    return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1).mean()
+
+
+def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's negative cosine similarity, averaged over the batch."""
+    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()

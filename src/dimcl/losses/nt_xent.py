@@ -1,0 +1,33 @@
+"""NT-Xent, SimCLR's objective (Chen et al., ICML 2020).
+
+For projections ``z1, z2`` (N, d), L2-normalised and stacked into 2N vectors ``u``:
+
+    L = -1/(2N) Σ_i log( exp(u_i·u_p(i)/τ) / Σ_{j≠i} exp(u_i·u_j/τ) ),   p(i) = (i + N) mod 2N
+
+With ``gather_distributed`` the negatives are the whole global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dimcl.distributed import gather
+
+
+def nt_xent_loss(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, *, gather_distributed: bool = False
+) -> torch.Tensor:
+    """NT-Xent of two views' projections (N, d) -> scalar."""
+    if not temperature > 0:
+        raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
+    if gather_distributed:
+        z1, z2 = gather(z1), gather(z2)
+    n = z1.shape[0]
+    u = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    logits = (u @ u.T) / temperature
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=u.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    idx = torch.arange(n, device=u.device)
+    positives = torch.cat([idx + n, idx])
+    return F.cross_entropy(logits, positives)
