@@ -1,0 +1,80 @@
+"""The six SSL methods, each with a DimCL switch, and a registry that builds one by name."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from torch import nn
+
+from dimcl.methods.barlow_twins import BarlowTwins
+from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.methods.byol import BYOL
+from dimcl.methods.mocov2plus import MoCoV2Plus
+from dimcl.methods.momentum import cosine_momentum
+from dimcl.methods.simclr import SimCLR
+from dimcl.methods.simsiam import SimSiam
+from dimcl.methods.vicreg import VICReg
+
+METHODS: dict[str, type[SSLMethod]] = {
+    cls.name: cls for cls in (SimCLR, MoCoV2Plus, BYOL, SimSiam, BarlowTwins, VICReg)
+}
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """The method's own keyword options and their defaults (projector widths, temperatures, ...)."""
+    cls = _method_class(name)
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "gather_distributed"
+    }
+
+
+def _method_class(name: str) -> type[SSLMethod]:
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}.{hint}")
+    return METHODS[name]
+
+
+def build_method(
+    name: str,
+    backbone: nn.Module,
+    dimcl: DimCLConfig | None = None,
+    *,
+    gather_distributed: bool = True,
+    **options: Any,
+) -> SSLMethod:
+    """Build method ``name`` around ``backbone``; ``options`` are that method's own settings.
+
+    An option the method does not take is an error, never silently ignored.
+    """
+    cls = _method_class(name)
+    accepted = method_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"method '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
+            f"its options are: {', '.join(accepted)}"
+        )
+    return cls(backbone, dimcl, gather_distributed=gather_distributed, **options)
+
+
+__all__ = [
+    "BYOL",
+    "METHODS",
+    "BarlowTwins",
+    "DimCLConfig",
+    "MoCoV2Plus",
+    "SSLMethod",
+    "SimCLR",
+    "SimSiam",
+    "VICReg",
+    "build_method",
+    "cosine_momentum",
+    "method_options",
+]

@@ -1,0 +1,41 @@
+"""Barlow Twins (Zbontar et al., ICML 2021): cross-correlation towards the identity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dimcl.losses.barlow_twins import barlow_twins_loss
+from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.models.heads import mlp
+
+
+class BarlowTwins(SSLMethod):
+    name = "barlow_twins"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        dimcl: DimCLConfig | None = None,
+        *,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 2048,
+        lambd: float = 0.0051,
+        scale_loss: float = 0.1,
+        gather_distributed: bool = True,
+    ):
+        super().__init__(backbone, dimcl, gather_distributed)
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_output_dim, 3)
+        self.lambd = lambd
+        self.scale_loss = scale_loss
+
+    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x1, x2 = self._two_views(views)
+        f1, f2 = self.backbone(x1), self.backbone(x2)
+        z1, z2 = self.projector(f1), self.projector(f2)
+        loss = barlow_twins_loss(
+            z1, z2, self.lambd, self.scale_loss, gather_distributed=self.gather_distributed
+        )
+        return {**self.combine(loss, z1, z2), "features": f1}

@@ -1,0 +1,51 @@
+"""BYOL (Grill et al., NeurIPS 2020): an online network with a predictor chases an EMA target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dimcl.losses.negative_cosine import byol_loss
+from dimcl.methods.base import DimCLConfig, SSLMethod, momentum_copy
+from dimcl.models.heads import mlp
+
+
+class BYOL(SSLMethod):
+    name = "byol"
+    #: τ of the EMA target, moved from base to final by a cosine schedule over training.
+    base_momentum: float = 0.99
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        dimcl: DimCLConfig | None = None,
+        *,
+        proj_hidden_dim: int = 4096,
+        proj_output_dim: int = 256,
+        pred_hidden_dim: int = 4096,
+        base_momentum: float = 0.99,
+        gather_distributed: bool = True,
+    ):
+        super().__init__(backbone, dimcl, gather_distributed)
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_output_dim, 2)
+        self.predictor = mlp(proj_output_dim, pred_hidden_dim, proj_output_dim, 2)
+        self.momentum_backbone = momentum_copy(self.backbone)
+        self.momentum_projector = momentum_copy(self.projector)
+        self.base_momentum = base_momentum
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
+
+    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x1, x2 = self._two_views(views)
+        f1, f2 = self.backbone(x1), self.backbone(x2)
+        z1, z2 = self.projector(f1), self.projector(f2)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            t1 = self.momentum_projector(self.momentum_backbone(x1))
+            t2 = self.momentum_projector(self.momentum_backbone(x2))
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        # DimCL regularises the online projector outputs z, not the predictor outputs p.
+        return {**self.combine(loss, z1, z2), "features": f1}

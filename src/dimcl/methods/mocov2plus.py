@@ -1,0 +1,70 @@
+"""MoCo v2+ (Chen et al. 2020, symmetric as in solo-learn): a momentum encoder and a queue of keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dimcl.distributed import gather_no_grad
+from dimcl.losses.moco import moco_loss
+from dimcl.methods.base import DimCLConfig, SSLMethod, momentum_copy
+from dimcl.models.heads import mlp
+
+
+class MoCoV2Plus(SSLMethod):
+    name = "mocov2plus"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        dimcl: DimCLConfig | None = None,
+        *,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 256,
+        temperature: float = 0.2,
+        queue_size: int = 65536,
+        base_momentum: float = 0.99,
+        gather_distributed: bool = True,
+    ):
+        super().__init__(backbone, dimcl, gather_distributed)
+        if queue_size < 1:
+            raise ValueError(f"mocov2plus queue_size must be >= 1, got {queue_size}")
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_output_dim, 2)
+        self.momentum_backbone = momentum_copy(self.backbone)
+        self.momentum_projector = momentum_copy(self.projector)
+        self.temperature = temperature
+        self.base_momentum = base_momentum
+        # One queue per view: queries of view 1 meet past keys of view 2 and the other way round.
+        self.register_buffer("queue", F.normalize(torch.randn(2, queue_size, proj_output_dim), dim=-1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
+
+    @torch.no_grad()
+    def _enqueue(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
+        keys = F.normalize(torch.stack([gather_no_grad(k1), gather_no_grad(k2)]), dim=-1)  # (2, global N, d)
+        size = self.queue.shape[1]
+        keys = keys[:, -size:]  # a global batch larger than the queue keeps its newest keys
+        idx = (self.queue_ptr + torch.arange(keys.shape[1], device=keys.device)) % size
+        self.queue[:, idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[1]) % size)
+
+    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x1, x2 = self._two_views(views)
+        f1, f2 = self.backbone(x1), self.backbone(x2)
+        q1, q2 = self.projector(f1), self.projector(f2)
+        with torch.no_grad():
+            k1 = self.momentum_projector(self.momentum_backbone(x1))
+            k2 = self.momentum_projector(self.momentum_backbone(x2))
+        queue = self.queue.clone().detach()
+        loss = (
+            moco_loss(q1, k2, queue[1], self.temperature) + moco_loss(q2, k1, queue[0], self.temperature)
+        ) / 2
+        if self.training:
+            self._enqueue(k1, k2)
+        # DimCL regularises the query projections before their L2 normalisation (as the authors do).
+        return {**self.combine(loss, q1, q2), "features": f1}

@@ -1,0 +1,37 @@
+"""SimCLR (Chen et al., ICML 2020): NT-Xent on the projections of two views."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dimcl.losses.nt_xent import nt_xent_loss
+from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.models.heads import mlp
+
+
+class SimCLR(SSLMethod):
+    name = "simclr"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        dimcl: DimCLConfig | None = None,
+        *,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 256,
+        temperature: float = 0.2,
+        gather_distributed: bool = True,
+    ):
+        super().__init__(backbone, dimcl, gather_distributed)
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_output_dim, 2)
+        self.temperature = temperature
+
+    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x1, x2 = self._two_views(views)
+        f1, f2 = self.backbone(x1), self.backbone(x2)
+        z1, z2 = self.projector(f1), self.projector(f2)
+        loss = nt_xent_loss(z1, z2, self.temperature, gather_distributed=self.gather_distributed)
+        return {**self.combine(loss, z1, z2), "features": f1}

@@ -1,0 +1,39 @@
+"""VICReg (Bardes et al., ICLR 2022): invariance, variance and covariance, weighted 25/25/1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dimcl.losses.vicreg import vicreg_loss
+from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.models.heads import mlp
+
+
+class VICReg(SSLMethod):
+    name = "vicreg"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        dimcl: DimCLConfig | None = None,
+        *,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 2048,
+        sim_weight: float = 25.0,
+        var_weight: float = 25.0,
+        cov_weight: float = 1.0,
+        gather_distributed: bool = True,
+    ):
+        super().__init__(backbone, dimcl, gather_distributed)
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_output_dim, 3)
+        self.weights = (sim_weight, var_weight, cov_weight)
+
+    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x1, x2 = self._two_views(views)
+        f1, f2 = self.backbone(x1), self.backbone(x2)
+        z1, z2 = self.projector(f1), self.projector(f2)
+        loss = vicreg_loss(z1, z2, *self.weights, gather_distributed=self.gather_distributed)
+        return {**self.combine(loss, z1, z2), "features": f1}

@@ -1,0 +1,217 @@
+"""Every method, with and without DimCL: named losses, learning, λ = 0 equals the plain method,
+momentum updates, and the registry's errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dimcl.losses import (
+    barlow_twins_loss,
+    byol_loss,
+    dimcl_loss,
+    moco_loss,
+    nt_xent_loss,
+    simsiam_loss,
+    vicreg_loss,
+)
+from dimcl.methods import METHODS, DimCLConfig, build_method, cosine_momentum, method_options
+
+SMALL_HEADS = {
+    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=256),
+    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
+    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
+    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
+}
+
+
+class TinyBackbone(nn.Module):
+    num_features = 24
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32, self.num_features),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def make(name, weight=0.0, seed=0, **overrides):
+    torch.manual_seed(seed)
+    dimcl = DimCLConfig(weight=weight, temperature=0.1) if weight is not None else None
+    return build_method(name, TinyBackbone(), dimcl, **{**SMALL_HEADS[name], **overrides})
+
+
+def views(n=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    return [x + 0.1 * torch.randn(x.shape, generator=g), x + 0.1 * torch.randn(x.shape, generator=g)]
+
+
+def test_registry_holds_the_six_methods():
+    assert set(METHODS) == {"simclr", "mocov2plus", "byol", "simsiam", "barlow_twins", "vicreg"}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("weight", [0.0, 0.1])
+def test_step_returns_named_losses_and_gradients(name, weight):
+    method = make(name, weight)
+    out = method(views())
+    assert {"loss", "loss_ssl", "features", "z1", "z2"} <= set(out)
+    assert ("loss_dimcl" in out) == (weight > 0)
+    assert out["features"].shape == (16, TinyBackbone.num_features)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in method.backbone.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("weight", [0.0, 0.1])
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(name, weight):
+    method = make(name, weight)
+    batch = views(n=32)
+    lr = 0.005 if name == "vicreg" else 0.05  # VICReg's loss is ~10x larger (weights 25/25/1)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    # On one fixed batch MoCo's queue soon holds keys of the very same images as negatives, which
+    # raises its loss by design; keeping the initial queue tests the optimisation alone.
+    initial_queue = method.queue.clone() if name == "mocov2plus" else None
+    losses = []
+    for step in range(15):
+        out = method(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        method.momentum_update(cosine_momentum(step, 15))
+        if initial_queue is not None:
+            method.queue.copy_(initial_queue)
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_weight_zero_is_bit_identical_to_the_plain_method(name):
+    plain = make(name, weight=None)
+    zero = make(name, weight=0.0)
+    assert plain.dimcl_loss is None and zero.dimcl_loss is None  # the DimCL term is never built
+    batch = views()
+    out_plain, out_zero = plain(batch), zero(batch)
+    assert "loss_dimcl" not in out_zero
+    assert torch.equal(out_plain["loss"], out_zero["loss"])
+    out_plain["loss"].backward()
+    out_zero["loss"].backward()
+    for a, b in zip(plain.parameters(), zero.parameters(), strict=True):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+
+
+def _expected_ssl(name, method, batch, out):
+    """Each method's objective recomputed from its parts with the loss functions."""
+    z1, z2 = out["z1"], out["z2"]
+    if name == "simclr":
+        return nt_xent_loss(z1, z2, 0.2)
+    if name == "barlow_twins":
+        return barlow_twins_loss(z1, z2)
+    if name == "vicreg":
+        return vicreg_loss(z1, z2)
+    if name == "simsiam":
+        p1, p2 = method.predictor(z1), method.predictor(z2)
+        return (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
+    with torch.no_grad():
+        t1 = method.momentum_projector(method.momentum_backbone(batch[0]))
+        t2 = method.momentum_projector(method.momentum_backbone(batch[1]))
+    if name == "byol":
+        p1, p2 = method.predictor(z1), method.predictor(z2)
+        return byol_loss(p1, t2) + byol_loss(p2, t1)
+    return None  # mocov2plus: checked separately, its queue moves on every forward
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if n != "mocov2plus"])
+def test_loss_is_the_weighted_sum_of_the_method_objective_and_dimcl(name):
+    method = make(name, weight=0.25).eval()  # eval: BN uses running stats, so recomputation matches
+    batch = views()
+    with torch.no_grad():
+        out = method(batch)
+        expected_ssl = _expected_ssl(name, method, batch, out)
+        expected_dimcl = dimcl_loss(out["z1"], out["z2"], 0.1)
+    torch.testing.assert_close(out["loss_ssl"], expected_ssl)
+    torch.testing.assert_close(out["loss_dimcl"], expected_dimcl)
+    torch.testing.assert_close(out["loss"], 0.75 * expected_ssl + 0.25 * expected_dimcl)
+
+
+def test_moco_uses_the_queue_and_enqueues_keys():
+    method = make("mocov2plus", weight=0.1, queue_size=40)
+    batch = views()
+    queue_before = method.queue.clone()
+    out = method(batch)
+    with torch.no_grad():
+        k1 = method.momentum_projector(method.momentum_backbone(batch[0]))
+        k2 = method.momentum_projector(method.momentum_backbone(batch[1]))
+        expected = (
+            moco_loss(out["z1"], k2, queue_before[1], 0.2) + moco_loss(out["z2"], k1, queue_before[0], 0.2)
+        ) / 2
+    torch.testing.assert_close(out["loss_ssl"], expected)
+    torch.testing.assert_close(method.queue[0, :16], torch.nn.functional.normalize(k1, dim=1))
+    torch.testing.assert_close(method.queue[1, :16], torch.nn.functional.normalize(k2, dim=1))
+    assert torch.equal(method.queue[:, 16:], queue_before[:, 16:])
+    assert method.queue_ptr.item() == 16
+    method(batch)
+    method(batch)  # 48 keys into a queue of 40: wraps around
+    assert method.queue_ptr.item() == 48 % 40
+
+
+@pytest.mark.parametrize("name", ["byol", "mocov2plus"])
+def test_momentum_update_moves_the_target_by_the_scheduled_amount(name):
+    method = make(name, weight=0.1)
+    with torch.no_grad():  # make online and target differ
+        for p in method.backbone.parameters():
+            p.add_(torch.randn_like(p))
+    tau = cosine_momentum(30, 100)
+    pairs = method.momentum_pairs()
+    assert pairs, "a momentum method must expose its (online, target) pairs"
+    before = [[(p.clone(), q.clone()) for p, q in zip(o.parameters(), t.parameters(), strict=True)] for o, t in pairs]
+    method.momentum_update(tau)
+    for (online, target), olds in zip(pairs, before, strict=True):
+        for q, (p_old, q_old) in zip(target.parameters(), olds, strict=True):
+            torch.testing.assert_close(q, tau * q_old + (1 - tau) * p_old)
+        assert all(not q.requires_grad for q in target.parameters())
+
+
+def test_cosine_momentum_schedule():
+    assert cosine_momentum(0, 100) == pytest.approx(0.99)
+    assert cosine_momentum(50, 100) == pytest.approx(0.995)
+    assert cosine_momentum(100, 100) == pytest.approx(1.0)
+    assert cosine_momentum(25, 100) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
+
+
+def test_unknown_method_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown method 'byl'.*simclr.*Did you mean 'byol'"):
+        build_method("byl", TinyBackbone())
+
+
+def test_an_option_the_method_does_not_take_is_an_error():
+    with pytest.raises(ValueError, match=r"method 'byol' has no option 'temperature'.*proj_hidden_dim"):
+        build_method("byol", TinyBackbone(), temperature=0.2)
+    assert "queue_size" in method_options("mocov2plus")
+
+
+@pytest.mark.parametrize("weight,temperature,match", [(1.5, 0.1, "weight"), (-0.1, 0.1, "weight"), (0.1, 0, "temperature")])
+def test_bad_dimcl_settings_are_clear_errors(weight, temperature, match):
+    with pytest.raises(ValueError, match=match):
+        DimCLConfig(weight=weight, temperature=temperature)
+
+
+def test_methods_need_exactly_two_views():
+    method = make("simclr")
+    with pytest.raises(ValueError, match="exactly two augmented views, got 3"):
+        method(views() + views()[:1])
