@@ -181,7 +181,7 @@ def test_momentum_update_moves_the_target_by_the_scheduled_amount(name):
     assert pairs, "a momentum method must expose its (online, target) pairs"
     before = [[(p.clone(), q.clone()) for p, q in zip(o.parameters(), t.parameters(), strict=True)] for o, t in pairs]
     method.momentum_update(tau)
-    for (online, target), olds in zip(pairs, before, strict=True):
+    for (_, target), olds in zip(pairs, before, strict=True):
         for q, (p_old, q_old) in zip(target.parameters(), olds, strict=True):
             torch.testing.assert_close(q, tau * q_old + (1 - tau) * p_old)
         assert all(not q.requires_grad for q in target.parameters())
@@ -205,7 +205,9 @@ def test_an_option_the_method_does_not_take_is_an_error():
     assert "queue_size" in method_options("mocov2plus")
 
 
-@pytest.mark.parametrize("weight,temperature,match", [(1.5, 0.1, "weight"), (-0.1, 0.1, "weight"), (0.1, 0, "temperature")])
+@pytest.mark.parametrize(
+    "weight,temperature,match", [(1.5, 0.1, "weight"), (-0.1, 0.1, "weight"), (0.1, 0, "temperature")]
+)
 def test_bad_dimcl_settings_are_clear_errors(weight, temperature, match):
     with pytest.raises(ValueError, match=match):
         DimCLConfig(weight=weight, temperature=temperature)
