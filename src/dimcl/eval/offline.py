@@ -1,0 +1,84 @@
+"""Evaluation of a finished (or interrupted) run directory: its backbone, rebuilt from what it saved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dimcl.config import Config, ConfigError
+from dimcl.data import dataset_info
+from dimcl.eval.knn import extract_features, weighted_knn
+from dimcl.run_dir import BACKBONE, CHECKPOINT, load_run_config
+from dimcl.train.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
+from dimcl.train.setup import build_backbone_from_config, build_eval_datasets
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a run directory, a checkpoint file, or a backbone file inside one."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    raise ConfigError(f"--ckpt '{path}' does not exist; give a run directory or a checkpoint file inside one")
+
+
+def load_trained_backbone(path: str | Path) -> tuple[nn.Module, Config]:
+    """The backbone of a run: from ``backbone.safetensors`` when exported, else from the last checkpoint."""
+    run = run_dir_of(path)
+    cfg = load_run_config(run)
+    backbone = build_backbone_from_config(cfg)
+    given = Path(path)
+    weights_file = given if given.is_file() and given.suffix == ".safetensors" else run / BACKBONE
+    if weights_file.is_file() and not (given.is_file() and given.suffix == ".ckpt"):
+        tensors, _ = load_backbone_weights(weights_file)
+    else:
+        ckpt = given if given.is_file() and given.suffix == ".ckpt" else run / CHECKPOINT
+        state = load_checkpoint(ckpt)
+        prefix = "method.backbone."
+        tensors = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+        if not tensors:
+            raise CheckpointError(f"'{ckpt}' holds no backbone weights (no keys under '{prefix}')")
+    backbone.load_state_dict(tensors)
+    return backbone, cfg
+
+
+def knn_of_backbone(
+    backbone: nn.Module,
+    cfg: Config,
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+    datasets: tuple[Dataset, Dataset] | None = None,
+) -> dict[str, Any]:
+    """Weighted kNN (cfg.eval.knn_k, cfg.eval.knn_temperature) of ``backbone`` on the run's dataset.
+
+    ``datasets`` (bank, evaluation) default to :func:`build_eval_datasets` of ``cfg``.
+    """
+    info = dataset_info(cfg.data.name)
+    if not info.num_classes:
+        raise ConfigError(f"kNN needs class labels, and dataset '{cfg.data.name}' has none configured")
+    bank_set, test_set = datasets if datasets is not None else build_eval_datasets(cfg)
+    loader_args = dict(batch_size=batch_size, num_workers=cfg.data.num_workers)
+    train_features, train_labels = extract_features(backbone, DataLoader(bank_set, **loader_args), device)
+    test_features, test_labels = extract_features(backbone, DataLoader(test_set, **loader_args), device)
+    result = weighted_knn(
+        train_features, train_labels, test_features, test_labels,
+        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=info.num_classes,
+    )
+    return {
+        "knn_top1": result["top1"], "knn_top5": result["top5"], "k": cfg.eval.knn_k,
+        "temperature": cfg.eval.knn_temperature, "bank_size": len(bank_set), "eval_size": len(test_set),
+    }
+
+
+def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """kNN of a run's backbone; written to ``knn.json`` in the run directory too."""
+    backbone, cfg = load_trained_backbone(path)
+    result = knn_of_backbone(backbone, cfg, device)
+    (run_dir_of(path) / "knn.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

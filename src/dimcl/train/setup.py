@@ -1,0 +1,108 @@
+"""From a validated :class:`~dimcl.config.Config` to the objects of a run: views, datasets, model.
+
+Shared by pretraining, offline evaluation and the demo, so that every path builds them the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from dimcl.config import AugmentConfig, Config
+from dimcl.data import (
+    DatasetInfo,
+    MultiViewTransform,
+    build_dataset,
+    build_view_transform,
+    byol_view_configs,
+    dataset_info,
+    eval_transform,
+)
+from dimcl.data.views import ViewConfig
+from dimcl.methods import DimCLConfig, SSLMethod, build_method
+from dimcl.models import build_backbone
+
+
+def view_configs(augment: AugmentConfig, info: DatasetInfo) -> list[ViewConfig]:
+    """The dataset's two BYOL views with the recipe's ``augment.*`` values laid over them."""
+    views = byol_view_configs(info, augment.crop_size)
+    for f in dataclasses.fields(augment):
+        value = getattr(augment, f.name)
+        if value is None or f.name == "crop_size":
+            continue
+        if f.name == "crop_scale":
+            views = [dataclasses.replace(v, crop_scale=tuple(value)) for v in views]
+            continue
+        per_view = value if isinstance(value, list) else [value] * len(views)
+        if len(per_view) == 1:
+            per_view = per_view * len(views)
+        views = [dataclasses.replace(v, **{f.name: x}) for v, x in zip(views, per_view, strict=True)]
+    return views
+
+
+def crop_size(cfg: Config) -> int:
+    return cfg.augment.crop_size or dataset_info(cfg.data.name).image_size
+
+
+def build_pretrain_dataset(cfg: Config) -> Dataset:
+    info = dataset_info(cfg.data.name)
+    views = MultiViewTransform([build_view_transform(v, info) for v in view_configs(cfg.augment, info)])
+    return build_dataset(
+        cfg.data.name, cfg.data.root, "pretrain", views, subset=cfg.data.subset, seed=cfg.seed,
+        download=cfg.data.download,
+    )
+
+
+def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
+    """(kNN bank / probe training set, evaluation set) with the deterministic evaluation transform.
+
+    ``data.eval_subset`` takes a seeded subset of each; one larger than a split means the whole split.
+    """
+    transform = eval_transform(dataset_info(cfg.data.name), crop_size(cfg))
+
+    def split(name: str) -> Dataset:
+        full = build_dataset(cfg.data.name, cfg.data.root, name, transform, download=cfg.data.download)
+        n = cfg.data.eval_subset
+        if n is None or n >= len(full):
+            return full
+        return build_dataset(cfg.data.name, cfg.data.root, name, transform, subset=n, seed=cfg.seed)
+
+    return split("train"), split("eval")
+
+
+def build_backbone_from_config(cfg: Config) -> nn.Module:
+    info = dataset_info(cfg.data.name)
+    return build_backbone(
+        cfg.backbone.name,
+        in_channels=info.in_channels,
+        image_size=crop_size(cfg),
+        cifar_stem=cfg.backbone.cifar_stem,
+        patch_size=cfg.backbone.patch_size,
+    )
+
+
+def build_method_from_config(cfg: Config, gather_distributed: bool = True) -> SSLMethod:
+    dimcl = DimCLConfig(cfg.dimcl.weight, cfg.dimcl.temperature, cfg.dimcl.hardness_aware)
+    return build_method(
+        cfg.method.name, build_backbone_from_config(cfg), dimcl, gather_distributed=gather_distributed,
+        **cfg.method.options,
+    )
+
+
+def backbone_metadata(cfg: Config, backbone: nn.Module) -> dict[str, Any]:
+    """How to rebuild the backbone: stored with the exported weights."""
+    info = dataset_info(cfg.data.name)
+    return {
+        "backbone": cfg.backbone.name,
+        "in_channels": info.in_channels,
+        "image_size": crop_size(cfg),
+        "cifar_stem": cfg.backbone.cifar_stem,
+        "patch_size": cfg.backbone.patch_size,
+        "num_features": int(backbone.num_features),
+        "dataset": cfg.data.name,
+        "method": cfg.method.name,
+        "dimcl_weight": cfg.dimcl.weight,
+    }

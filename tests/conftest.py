@@ -1,0 +1,53 @@
+"""Shared fixtures: small datasets written in the real on-disk formats (no test downloads anything)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_fashion_mnist(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
+    """IDX ``.gz`` files like the Debian package's, with 10 learnable classes (a bar per class + noise)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def images_and_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            row = 2 + 2 * label
+            images[i, row : row + 3, 4:24] = 255  # a class-specific horizontal bar
+        return images, labels.astype(np.uint8)
+
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = images_and_labels(n)
+        with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_mnist(tmp_path_factory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion_mnist"))
+
+
+#: overrides that make a pretraining run take seconds on a 2-core CPU
+TINY_RUN = [
+    "method.proj_hidden_dim=32",
+    "method.proj_output_dim=16",
+    "method.pred_hidden_dim=32",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "trainer.max_epochs=2",
+    "trainer.progress_bar=false",
+    "trainer.tensorboard=false",
+    "optim.warmup_epochs=1",
+    "eval.knn_k=10",
+]

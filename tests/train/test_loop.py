@@ -1,0 +1,131 @@
+"""The pretraining loop on a tiny Fashion-MNIST written in the real IDX format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_RUN
+
+from dimcl.config import ConfigError, load_config
+from dimcl.eval.offline import load_trained_backbone
+from dimcl.recipes import resolve_recipe
+from dimcl.run_dir import read_metrics
+from dimcl.train.checkpoint import load_backbone_weights, load_checkpoint
+from dimcl.train.loop import pretrain
+
+
+def tiny_config(root, *extra):
+    return load_config(resolve_recipe("fashion_mnist/byol"), [*TINY_RUN, f"data.root={root}", *extra])
+
+
+def test_a_run_writes_its_directory(tiny_fashion_mnist, tmp_path):
+    result = pretrain(tiny_config(tiny_fashion_mnist), tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    records = read_metrics(run)
+    assert [r["epoch"] for r in records] == [1, 2] == [r["epoch"] for r in result.records]
+    for key in ("loss", "loss_ssl", "loss_dimcl", "lr", "knn_top1", "knn_top5", "images_per_s", "probe_top1"):
+        assert all(key in r for r in records), key
+    assert all(0 <= r["knn_top1"] <= 100 for r in records)
+    # loss is the λ-weighted combination of its terms, averaged the same way
+    r = records[-1]
+    assert r["loss"] == pytest.approx(0.9 * r["loss_ssl"] + 0.1 * r["loss_dimcl"], rel=1e-5)
+    state = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert state["epoch"] == 2 and state["global_step"] == 12  # 96 images / batch 16, drop_last
+    tensors, meta = load_backbone_weights(run / "backbone.safetensors")
+    assert meta["backbone"] == "small_cnn" and meta["in_channels"] == 1
+    trained = result.model.method.backbone.state_dict()
+    assert all(torch.equal(tensors[k], trained[k]) for k in trained)
+    backbone, cfg = load_trained_backbone(run)
+    assert cfg.method.name == "byol"
+    assert (tmp_path / "run" / "logs").is_dir()  # Fabric's CSV logger
+
+
+def test_weight_zero_logs_no_dimcl_term(tiny_fashion_mnist, tmp_path):
+    pretrain(tiny_config(tiny_fashion_mnist, "dimcl.weight=0", "trainer.max_epochs=1"), tmp_path)
+    (record,) = read_metrics(tmp_path)
+    assert "loss_dimcl" not in record and record["loss"] == record["loss_ssl"]
+
+
+def test_same_seed_same_result(tiny_fashion_mnist, tmp_path):
+    a = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0"), tmp_path / "a")
+    b = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0"), tmp_path / "b")
+    c = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0", "seed=1"), tmp_path / "c")
+    assert a.records[0]["loss"] == b.records[0]["loss"]
+    assert a.records[0]["loss"] != c.records[0]["loss"]
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2plus", "simsiam", "barlow_twins", "vicreg"])
+def test_every_method_trains_through_the_loop(tiny_fashion_mnist, tmp_path, method):
+    options = {"mocov2plus": ["method.queue_size=64"], "simclr": [], "barlow_twins": [], "vicreg": []}
+    overrides = [o for o in TINY_RUN if not o.startswith("method.pred") or method == "simsiam"]
+    overrides += options.get(method, []) + ["trainer.max_epochs=1", "eval.every=0", "optim.name=sgd", "optim.lr=0.05"]
+    cfg = load_config(None, [f"method.name={method}", "backbone.name=small_cnn", "data.name=fashion_mnist",
+                             f"data.root={tiny_fashion_mnist}", *overrides])
+    (record,) = pretrain(cfg, tmp_path).records
+    assert torch.isfinite(torch.tensor(record["loss"])) and "loss_dimcl" in record
+
+
+def test_accumulation_and_adamw_and_bf16(tiny_fashion_mnist, tmp_path):
+    cfg = tiny_config(tiny_fashion_mnist, "optim.name=adamw", "optim.lr=0.001", "optim.accumulate_grad_batches=2",
+                      "trainer.precision=bf16-mixed", "trainer.max_epochs=1")
+    (record,) = pretrain(cfg, tmp_path).records
+    assert record["step"] == 3  # 6 batches, one optimizer step per 2
+    assert torch.isfinite(torch.tensor(record["loss"]))
+
+
+def test_refuses_to_overwrite_a_run_and_resume_checks_the_config(tiny_fashion_mnist, tmp_path):
+    pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0"), tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0"), tmp_path)
+    with pytest.raises(ConfigError, match=r"dimcl.weight: 0.1 in the checkpoint, 0.2 now"):
+        pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0", "dimcl.weight=0.2"),
+                 tmp_path, resume=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    # Training longer is allowed: the schedule is stretched.
+    result = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=2", "eval.every=0"), tmp_path, resume=True)
+    assert [r["epoch"] for r in result.records] == [2]
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert json.loads(before)["epoch"] == 1
+
+
+def test_resume_continues_exactly(tiny_fashion_mnist, tmp_path):
+    """Stopping after epoch 1 of 2 and resuming gives the uninterrupted run's metrics and weights."""
+    full = pretrain(tiny_config(tiny_fashion_mnist), tmp_path / "full")
+    resumed = _resume_from_epoch_one(tiny_fashion_mnist, full, tmp_path)
+    assert resumed.records[0]["loss"] == full.records[1]["loss"]
+    assert resumed.records[0]["knn_top1"] == full.records[1]["knn_top1"]
+    for p, q in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def _resume_from_epoch_one(root, full, tmp_path):
+    """A real interruption: train 2 epochs, but make the second one fail, then --resume."""
+    import dimcl.train.loop as loop
+
+    run = tmp_path / "interrupted"
+    original = loop.set_learning_rate
+    calls = {"n": 0}
+
+    def failing_after_first_epoch(optimizer, factor):
+        calls["n"] += 1
+        if calls["n"] > 6:  # 6 optimizer steps make an epoch here
+            raise KeyboardInterrupt
+        original(optimizer, factor)
+
+    loop.set_learning_rate = failing_after_first_epoch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(tiny_config(root), run)
+    finally:
+        loop.set_learning_rate = original
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    resumed = pretrain(tiny_config(root), run, resume=True)
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert read_metrics(run)[0]["loss"] == full.records[0]["loss"]
+    return resumed
