@@ -1,0 +1,43 @@
+"""Datasets by name and the augmented views self-supervised methods train on."""
+
+from dimcl.data.datasets import (
+    DATASETS,
+    SPLITS,
+    DatasetError,
+    DatasetInfo,
+    DatasetNotFoundError,
+    ImageFolderDataset,
+    TensorImageDataset,
+    build_dataset,
+    dataset_info,
+    labels_of,
+)
+from dimcl.data.views import (
+    EvalTransform,
+    MultiViewTransform,
+    ViewConfig,
+    ViewTransform,
+    build_view_transform,
+    byol_view_configs,
+    eval_transform,
+)
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DatasetError",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "EvalTransform",
+    "ImageFolderDataset",
+    "MultiViewTransform",
+    "TensorImageDataset",
+    "ViewConfig",
+    "ViewTransform",
+    "build_dataset",
+    "build_view_transform",
+    "byol_view_configs",
+    "dataset_info",
+    "eval_transform",
+    "labels_of",
+]
