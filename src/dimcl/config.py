@@ -367,6 +367,14 @@ def validate(cfg: Config) -> None:
     _require(e.knn_k >= 1, "eval.knn_k", e.knn_k, "it must be >= 1")
     _require(e.knn_temperature > 0, "eval.knn_temperature", e.knn_temperature, "it must be > 0")
     a = cfg.augment
+    if DATASETS[cfg.data.name].in_channels == 1:
+        for name in ("saturation", "hue", "grayscale_prob"):
+            value = getattr(a, name)
+            _require(
+                value is None or all(v == 0 for v in (value if isinstance(value, list) else [value])),
+                f"augment.{name}", value,
+                f"dataset '{cfg.data.name}' has one channel, where {name} means nothing; leave it unset",
+            )
     if a.crop_scale is not None:
         _require(
             len(a.crop_scale) == 2 and 0 < a.crop_scale[0] <= a.crop_scale[1] <= 1,

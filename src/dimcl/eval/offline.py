@@ -11,11 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dimcl.config import Config, ConfigError
-from dimcl.data import dataset_info
 from dimcl.eval.knn import extract_features, weighted_knn
 from dimcl.run_dir import BACKBONE, CHECKPOINT, load_run_config
 from dimcl.train.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
-from dimcl.train.setup import build_backbone_from_config, build_eval_datasets
+from dimcl.train.setup import build_backbone_from_config, build_eval_datasets, num_classes_of
 
 
 def run_dir_of(path: str | Path) -> Path:
@@ -54,21 +53,22 @@ def knn_of_backbone(
     device: str | torch.device = "cpu",
     batch_size: int = 512,
     datasets: tuple[Dataset, Dataset] | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
     """Weighted kNN (cfg.eval.knn_k, cfg.eval.knn_temperature) of ``backbone`` on the run's dataset.
 
     ``datasets`` (bank, evaluation) default to :func:`build_eval_datasets` of ``cfg``.
     """
-    info = dataset_info(cfg.data.name)
-    if not info.num_classes:
-        raise ConfigError(f"kNN needs class labels, and dataset '{cfg.data.name}' has none configured")
     bank_set, test_set = datasets if datasets is not None else build_eval_datasets(cfg)
+    num_classes = num_classes or num_classes_of(cfg, bank_set)
+    if not num_classes:
+        raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
     loader_args = dict(batch_size=batch_size, num_workers=cfg.data.num_workers)
     train_features, train_labels = extract_features(backbone, DataLoader(bank_set, **loader_args), device)
     test_features, test_labels = extract_features(backbone, DataLoader(test_set, **loader_args), device)
     result = weighted_knn(
         train_features, train_labels, test_features, test_labels,
-        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=info.num_classes,
+        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes,
     )
     return {
         "knn_top1": result["top1"], "knn_top5": result["top5"], "k": cfg.eval.knn_k,

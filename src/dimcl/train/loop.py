@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dimcl.config import Config, ConfigError, config_differences, save_config
-from dimcl.data import dataset_info, labels_of
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.methods import SSLMethod, cosine_momentum
 from dimcl.run_dir import BACKBONE, CHECKPOINT, append_metrics, restore_metrics
@@ -36,6 +35,7 @@ from dimcl.train.setup import (
     build_eval_datasets,
     build_method_from_config,
     build_pretrain_dataset,
+    num_classes_of,
 )
 
 
@@ -148,7 +148,6 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
 
     # ---- data
     dataset = build_pretrain_dataset(cfg)
-    info = dataset_info(cfg.data.name)
     global_batch = cfg.data.batch_size * fabric.world_size
     if len(dataset) < global_batch:
         raise ConfigError(
@@ -161,15 +160,14 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
         generator=generator, pin_memory=fabric.device.type == "cuda", persistent_workers=False,
     )
     loader = fabric.setup_dataloaders(loader)
-    eval_sets = build_eval_datasets(cfg) if cfg.eval.every > 0 and info.num_classes else None
-    if eval_sets is not None and labels_of(eval_sets[0]) is not None and (labels_of(eval_sets[0]) < 0).all():
-        eval_sets = None
+    num_classes = num_classes_of(cfg, dataset)
+    eval_sets = build_eval_datasets(cfg) if cfg.eval.every > 0 and num_classes else None
 
     # ---- model and optimizer
     method = build_method_from_config(cfg)
     probe = None
-    if cfg.eval.online_probe and info.num_classes:
-        probe = nn.Linear(method.backbone.num_features, info.num_classes)
+    if cfg.eval.online_probe and num_classes:
+        probe = nn.Linear(method.backbone.num_features, num_classes)
     pretrainer = Pretrainer(method, probe)
     if t.sync_batchnorm and fabric.world_size > 1:
         pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(pretrainer)
@@ -264,7 +262,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
         last = epoch + 1 == t.max_epochs
         if eval_sets is not None and ((epoch + 1) % cfg.eval.every == 0 or last):
             if is_main:
-                knn = knn_of_backbone(method.backbone, cfg, fabric.device, datasets=eval_sets)
+                knn = knn_of_backbone(method.backbone, cfg, fabric.device, datasets=eval_sets, num_classes=num_classes)
                 record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
             fabric.barrier()
 

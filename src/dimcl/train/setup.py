@@ -20,6 +20,7 @@ from dimcl.data import (
     byol_view_configs,
     dataset_info,
     eval_transform,
+    labels_of,
 )
 from dimcl.data.views import ViewConfig
 from dimcl.methods import DimCLConfig, SSLMethod, build_method
@@ -71,6 +72,17 @@ def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
         return build_dataset(cfg.data.name, cfg.data.root, name, transform, subset=n, seed=cfg.seed)
 
     return split("train"), split("eval")
+
+
+def num_classes_of(cfg: Config, dataset: Dataset) -> int | None:
+    """The dataset's class count: registered, or read from the labels (image folders); None if unlabelled."""
+    known = dataset_info(cfg.data.name).num_classes
+    if known:
+        return known
+    labels = labels_of(dataset)
+    if labels is None or not (labels >= 0).any():
+        return None
+    return int(labels.max()) + 1
 
 
 def build_backbone_from_config(cfg: Config) -> nn.Module:

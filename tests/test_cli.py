@@ -1,0 +1,61 @@
+"""The `dimcl` command, run for real as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RUN
+
+DIMCL = str(Path(sys.executable).with_name("dimcl"))
+
+
+def dimcl(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([DIMCL, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", [[], ["pretrain"], ["knn"], ["list"], ["demo"]])
+def test_help(command):
+    proc = dimcl(*command, "--help")
+    assert proc.returncode == 0 and "usage: dimcl" in proc.stdout
+
+
+def test_list_shows_methods_backbones_datasets_and_recipes():
+    proc = dimcl("list")
+    assert proc.returncode == 0
+    for word in ("byol", "barlow_twins", "small_cnn", "vit_small", "fashion_mnist", "imagefolder", "cifar10/vicreg"):
+        assert word in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["trainer.max_epoch=1"], "trainer.max_epoch"),
+        (["dimcl.weight=2"], "dimcl.weight"),
+        (["data.root=/nonexistent/fmnist"], "/nonexistent/fmnist"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(tmp_path, args, needle):
+    proc = dimcl("pretrain", "-c", "fashion_mnist/byol", "-o", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_pretrain_then_knn(tiny_fashion_mnist, tmp_path):
+    run = tmp_path / "run"
+    proc = dimcl("pretrain", "-c", "fashion_mnist/byol", "-o", str(run), *TINY_RUN, f"data.root={tiny_fashion_mnist}",
+                 "trainer.max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epoch 1/1" in proc.stdout and "knn top-1" in proc.stdout
+    proc = dimcl("knn", "--ckpt", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert 0 <= result["knn_top1"] <= 100 and result["k"] == 10
+    assert json.loads((run / "knn.json").read_text()) == result
+    # the same backbone through its checkpoint gives the same figure
+    proc = dimcl("knn", "--ckpt", str(run / "checkpoints" / "last.ckpt"))
+    assert json.loads(proc.stdout)["knn_top1"] == result["knn_top1"]
