@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test lint demo clean
 
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -17,6 +19,12 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package; installed here when missing and root.
+demo: $(STAMP)
+	@test -f $(FASHION_MNIST) || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
+	$(VENV)/bin/dimcl demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

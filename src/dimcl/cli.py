@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
 from dimcl.config import ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 1
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -99,15 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print(f"dimcl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except NonFiniteLossError as err:
+        print(f"dimcl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except TrainingInterrupted as err:
+        print(f"dimcl {args.command}: {err}", file=sys.stderr)
+        return 128 + (signal.SIGINT if "SIGINT" in str(err) else signal.SIGTERM)
     except KeyboardInterrupt:
         print(f"dimcl {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

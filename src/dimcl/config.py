@@ -116,6 +116,8 @@ class TrainerConfig:
     progress_bar: bool = True
     log_every_n_steps: int = 50
     tensorboard: bool = True
+    #: also checkpoint every this many optimizer steps within an epoch (0: at epoch ends only)
+    checkpoint_every_n_steps: int = 0
 
 
 @dataclass
@@ -353,6 +355,10 @@ def validate(cfg: Config) -> None:
     _require(t.max_epochs >= 1, "trainer.max_epochs", t.max_epochs, "it must be a positive number of epochs")
     _require(t.devices >= 1, "trainer.devices", t.devices, "it must be >= 1")
     _require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "it must be >= 1")
+    _require(
+        t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps,
+        "it must be >= 0 (0: checkpoint at epoch ends only)",
+    )
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "it must be >= 1")
     _require(o.lr > 0, "optim.lr", o.lr, "the learning rate must be > 0")
     _require(o.classifier_lr > 0, "optim.classifier_lr", o.classifier_lr, "it must be > 0")

@@ -10,9 +10,12 @@ uninterrupted one would (bit-for-bit on the CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,63 @@ from dimcl.train.setup import (
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT stopped the run after saving a checkpoint to resume from."""
+
+
+@dataclass
+class EpochProgress:
+    """Running sums of the epoch so far (saved in mid-epoch checkpoints, so a resume reports the same)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    probe_correct: int = 0
+    probe_count: int = 0
+    elapsed: float = 0.0
+
+    def add(self, terms: dict[str, float], out: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        if "probe_count" in out:
+            self.probe_correct += int(out["probe_correct"])
+            self.probe_count += int(out["probe_count"])
+        self.batches += 1
+
+
+class StopSignals:
+    """Turns SIGTERM / SIGINT into a request to save and stop at the next optimizer step.
+
+    A second signal of the same kind while saving is honoured as usual (the default handler).
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, fabric: Fabric) -> bool:
+        """Whether any rank was asked to stop (ranks must stop at the same step)."""
+        flag = self.signal_name is not None
+        if fabric.world_size > 1:
+            flag = bool(fabric.all_reduce(torch.tensor(float(flag)), reduce_op="sum") > 0)
+            if flag and self.signal_name is None:
+                self.signal_name = "a signal on another rank"
+        return flag
 
 
 class Pretrainer(nn.Module):
@@ -82,7 +142,7 @@ def _loggers(cfg: Config, out_dir: Path) -> list:
 def _check_resume(cfg: Config, state: dict[str, Any]) -> list[str]:
     """Refuse a checkpoint of another config; a larger ``trainer.max_epochs`` is allowed, with a notice."""
     allowed = {"trainer.max_epochs", "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard",
-               "data.num_workers"}
+               "trainer.checkpoint_every_n_steps", "data.num_workers"}
     diffs = config_differences(state["config"], cfg.to_dict())
     blocking = [d for d in diffs if d[0] not in allowed]
     if blocking:
@@ -200,90 +260,119 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
     if is_main:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-        if state is not None:
+        if state is not None and state["metrics"] is not None:
             restore_metrics(out_dir, state["metrics"])
     fabric.barrier()
 
-    records = []
-    for epoch in range(start_epoch, t.max_epochs):
-        # Everything random in this epoch follows from (seed, epoch): resuming here replays it exactly.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        generator.manual_seed(cfg.seed * 100_003 + epoch)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        batches, probe_correct, probe_count = 0, 0, 0
-        started = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.max_epochs}", disable=not (is_main and t.progress_bar),
-                   leave=False, dynamic_ncols=True)
-        for i, (views, labels) in enumerate(bar):
-            accumulating = (i + 1) % accumulate != 0
-            if not accumulating or i % accumulate == 0:
-                set_learning_rate(optimizer, lr_factor[min(step, total_steps - 1)])
-            with fabric.no_backward_sync(model, enabled=accumulating):
-                out = model(views, labels)
-                total = out["loss"] + out["loss_probe"] if "loss_probe" in out else out["loss"]
-                fabric.backward(total / accumulate)
-            terms = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
-            if not all(math.isfinite(v) for v in terms.values()):
-                raise NonFiniteLossError(
-                    f"the loss is not finite at epoch {epoch + 1}, step {i + 1} of {len(loader)} (global step "
-                    f"{step}): " + ", ".join(f"{k}={v}" for k, v in terms.items())
-                    + f". The last good checkpoint ({ckpt_path}) is untouched; lower optim.lr, check the data, "
-                    "or use trainer.precision=32."
-                )
-            if not accumulating:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if base_momentum is not None:
-                    method.momentum_update(cosine_momentum(step, total_steps, base_momentum))
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if "probe_count" in out:
-                probe_correct += int(out["probe_correct"])
-                probe_count += int(out["probe_count"])
-            batches += 1
-            if is_main and t.progress_bar and (i % t.log_every_n_steps == 0 or i + 1 == len(loader)):
-                rate = batches * global_batch / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-                                img_s=f"{rate:.0f}")
-        elapsed = time.perf_counter() - started
-
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-        record.update({k: _mean_over_ranks(fabric, v / batches) for k, v in sorted(sums.items())})
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        record["images_per_s"] = batches * global_batch / elapsed
-        record["epoch_time_s"] = elapsed
-        if probe_count:
-            counts = fabric.all_reduce(torch.tensor([probe_correct, probe_count], dtype=torch.float64), reduce_op="sum")
-            record["probe_top1"] = float(100 * counts[0] / counts[1])
-        last = epoch + 1 == t.max_epochs
-        if eval_sets is not None and ((epoch + 1) % cfg.eval.every == 0 or last):
-            if is_main:
-                knn = knn_of_backbone(method.backbone, cfg, fabric.device, datasets=eval_sets, num_classes=num_classes)
-                record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
-            fabric.barrier()
-
+    def save(epochs_done: int, batch_in_epoch: int, progress: EpochProgress, last_record: dict | None) -> None:
+        """Rank 0 writes the resumable state atomically; the previous checkpoint stays until then."""
         if is_main:
             save_atomic(
                 {
                     "model": pretrainer.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
+                    "epoch": epochs_done,
+                    "batch_in_epoch": batch_in_epoch,
+                    "progress": dataclasses.asdict(progress),
                     "global_step": step,
                     "config": cfg.to_dict(),
-                    "metrics": record,
+                    "metrics": last_record,
                     "format": 1,
                 },
                 ckpt_path,
             )
-            append_metrics(out_dir, record)
-            fabric.print(_summary_line(record, t.max_epochs))
-        fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
         fabric.barrier()
-        records.append(record)
+
+    records: list[dict[str, Any]] = []
+    last_record = state["metrics"] if state is not None else None
+    skip = state.get("batch_in_epoch", 0) if state is not None else 0
+    every_k = t.checkpoint_every_n_steps
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, t.max_epochs):
+            # Everything random in this epoch follows from (seed, epoch): resuming here replays it exactly.
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            generator.manual_seed(cfg.seed * 100_003 + epoch)
+            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            model.train()
+            progress = EpochProgress(**state["progress"]) if skip and state is not None else EpochProgress()
+            started = time.perf_counter() - progress.elapsed
+            bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{t.max_epochs}",
+                       disable=not (is_main and t.progress_bar), leave=False, dynamic_ncols=True)
+            for i, (views, labels) in enumerate(loader):
+                if i < skip:
+                    continue  # a mid-epoch resume replays the epoch's data stream up to where it stopped
+                accumulating = (i + 1) % accumulate != 0
+                if i % accumulate == 0:
+                    set_learning_rate(optimizer, lr_factor[min(step, total_steps - 1)])
+                with fabric.no_backward_sync(model, enabled=accumulating):
+                    out = model(views, labels)
+                    total = out["loss"] + out["loss_probe"] if "loss_probe" in out else out["loss"]
+                    fabric.backward(total / accumulate)
+                terms = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
+                if not all(math.isfinite(v) for v in terms.values()):
+                    raise NonFiniteLossError(
+                        f"the loss is not finite at epoch {epoch + 1}, batch {i + 1} of {len(loader)} (global "
+                        f"step {step}): " + ", ".join(f"{k}={v}" for k, v in terms.items())
+                        + f". The last good checkpoint ({ckpt_path}) is untouched; lower optim.lr, check the "
+                        "data, or use trainer.precision=32."
+                    )
+                progress.add(terms, out)
+                bar.update(1)
+                if accumulating:
+                    continue
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if base_momentum is not None:
+                    method.momentum_update(cosine_momentum(step, total_steps, base_momentum))
+                if is_main and t.progress_bar and (step % t.log_every_n_steps == 0 or i + 1 == len(loader)):
+                    rate = progress.batches * global_batch / (time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                                    img_s=f"{rate:.0f}")
+                stopping = stop.requested(fabric)
+                if (stopping or (every_k and step % every_k == 0)) and i + 1 < len(loader):
+                    progress.elapsed = time.perf_counter() - started
+                    save(epoch, i + 1, progress, last_record)
+                if stopping:
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.signal_name} at epoch {epoch + 1}, batch {i + 1} of {len(loader)}; "
+                        f"the state is saved in {ckpt_path}: continue with --resume"
+                    )
+            bar.close()
+            skip = 0
+            elapsed = time.perf_counter() - started
+
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
+            record.update({k: _mean_over_ranks(fabric, v / progress.batches) for k, v in sorted(progress.sums.items())})
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            record["images_per_s"] = progress.batches * global_batch / elapsed
+            record["epoch_time_s"] = elapsed
+            if progress.probe_count:
+                counts = torch.tensor([progress.probe_correct, progress.probe_count], dtype=torch.float64)
+                counts = fabric.all_reduce(counts, reduce_op="sum")
+                record["probe_top1"] = float(100 * counts[0] / counts[1])
+            if eval_sets is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.max_epochs):
+                if is_main:
+                    knn = knn_of_backbone(method.backbone, cfg, fabric.device, datasets=eval_sets,
+                                          num_classes=num_classes)
+                    record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
+                fabric.barrier()
+
+            # Checkpoint first, then the metrics line: a kill in between is mended on resume.
+            save(epoch + 1, 0, EpochProgress(), record)
+            last_record = record
+            if is_main:
+                append_metrics(out_dir, record)
+                fabric.print(_summary_line(record, t.max_epochs))
+            fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+            records.append(record)
+            if stop.requested(fabric):
+                raise TrainingInterrupted(
+                    f"stopped by {stop.signal_name} after epoch {epoch + 1}; the state is saved in {ckpt_path}: "
+                    "continue with --resume"
+                )
 
     if is_main:
         export_backbone(method.backbone, out_dir / BACKBONE, backbone_metadata(cfg, method.backbone))
