@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from dimcl.config import ConfigError, load_config
+from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
@@ -101,8 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -62,6 +62,8 @@ class DataConfig:
     #: per device
     batch_size: int = 256
     num_workers: int = 2
+    #: an image file that cannot be decoded: stop the run naming it (fail), or skip and count it (skip)
+    on_bad_image: Literal["fail", "skip"] = "fail"
 
 
 @dataclass
@@ -279,7 +281,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or "a syntax error"
+            raise ConfigError(f"config file '{path}' is not valid YAML: {problem}{where}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
         for key, value in _flatten("", data):

@@ -2,12 +2,15 @@
 
 from dimcl.data.datasets import (
     DATASETS,
+    ON_BAD_IMAGE,
     SPLITS,
+    BadImageError,
     DatasetError,
     DatasetInfo,
     DatasetNotFoundError,
     ImageFolderDataset,
     TensorImageDataset,
+    bad_image_count,
     build_dataset,
     dataset_info,
     labels_of,
@@ -24,6 +27,9 @@ from dimcl.data.views import (
 
 __all__ = [
     "DATASETS",
+    "ON_BAD_IMAGE",
+    "BadImageError",
+    "bad_image_count",
     "SPLITS",
     "DatasetError",
     "DatasetInfo",

@@ -85,12 +85,14 @@ def build_dataset(
     subset: int | None = None,
     seed: int = 0,
     download: bool = False,
+    on_bad_image: str = "fail",
 ) -> Dataset:
     """Open one split of a dataset; items are ``(transform(image), label)``, label -1 when unlabelled.
 
     ``root=None`` uses the dataset's ``default_root``. ``subset=N`` keeps a fixed random subset of N
     items, drawn with a ``torch.Generator`` seeded with ``seed`` (the same for every process).
-    ``download=True`` fetches missing files with torchvision's downloaders.
+    ``download=True`` fetches missing files with torchvision's downloaders. ``on_bad_image`` (fail | skip)
+    says what image folders do with a file that cannot be decoded (see :class:`ImageFolderDataset`).
     """
     info = dataset_info(name)
     if split not in SPLITS:
@@ -105,6 +107,10 @@ def build_dataset(
         raise DatasetError(f"data subset must be a positive number of images or none, got {subset!r}.")
     resolved = _resolve_root(info, root)
     dataset = _BUILDERS[info.name](resolved, split, transform, download)
+    if isinstance(dataset, ImageFolderDataset):
+        if on_bad_image not in ON_BAD_IMAGE:
+            raise DatasetError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}.")
+        dataset.on_bad_image = on_bad_image
     if subset is None:
         return dataset
     if subset > len(dataset):
@@ -183,8 +189,20 @@ class TensorImageDataset(Dataset):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+class BadImageError(DatasetError):
+    """An image file that cannot be decoded, with ``data.on_bad_image=fail``."""
+
+
+ON_BAD_IMAGE = ("fail", "skip")
+
+
 class ImageFolderDataset(Dataset):
-    """Image files decoded with PIL (as RGB) on every access; labels from class subfolders, or None."""
+    """Image files decoded with PIL (as RGB) on every access; labels from class subfolders, or None.
+
+    ``on_bad_image``: ``"fail"`` raises :class:`BadImageError` naming the unreadable file; ``"skip"`` serves
+    the next readable image in its place and counts the file in :attr:`bad_images` (a counter shared with
+    DataLoader workers, so the training loop can report it).
+    """
 
     def __init__(
         self,
@@ -192,23 +210,61 @@ class ImageFolderDataset(Dataset):
         labels: Sequence[int] | None,
         classes: Sequence[str] | None,
         transform: Callable[[Any], Any] | None = None,
+        on_bad_image: str = "fail",
     ) -> None:
+        if on_bad_image not in ON_BAD_IMAGE:
+            raise DatasetError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}.")
         self.paths = list(paths)
         self.labels = torch.as_tensor(labels, dtype=torch.long) if labels is not None else None
         self.classes = list(classes) if classes is not None else None
         self.transform = transform
+        self.on_bad_image = on_bad_image
         self._label_list = list(labels) if labels is not None else None
+        # Shared memory, so counts made in DataLoader worker processes reach the main process.
+        self._bad_count = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def bad_images(self) -> int:
+        """How many unreadable files were skipped so far (every access counts)."""
+        return int(self._bad_count)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def _read(self, index: int) -> Image.Image:
         with open(self.paths[index], "rb") as f:
-            image = Image.open(f).convert("RGB")
-        label = -1 if self._label_list is None else self._label_list[index]
+            image = Image.open(f)
+            image.load()
+            return image.convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for attempt in range(len(self.paths)):
+            current = (index + attempt) % len(self.paths)
+            try:
+                image = self._read(current)
+                break
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                if self.on_bad_image == "fail":
+                    raise BadImageError(
+                        f"cannot read image '{self.paths[current]}' ({type(err).__name__}: {err}); remove or "
+                        "replace the file, or set data.on_bad_image=skip to skip unreadable images"
+                    ) from None
+                self._bad_count += 1
+        else:
+            raise BadImageError(f"none of the {len(self.paths)} images under this folder can be read")
+        label = -1 if self._label_list is None else self._label_list[current]
         if self.transform is not None:
             image = self.transform(image)
         return image, label
+
+
+def bad_image_count(dataset: Dataset) -> int:
+    """Unreadable images skipped so far by the image folders inside ``dataset`` (0 for other datasets)."""
+    if isinstance(dataset, Subset):
+        return bad_image_count(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return sum(bad_image_count(d) for d in dataset.datasets)
+    return dataset.bad_images if isinstance(dataset, ImageFolderDataset) else 0
 
 
 # --------------------------------------------------------------------------------------------------

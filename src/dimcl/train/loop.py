@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dimcl.config import Config, ConfigError, config_differences, save_config
+from dimcl.data import bad_image_count
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.methods import SSLMethod, cosine_momentum
 from dimcl.run_dir import BACKBONE, CHECKPOINT, append_metrics, restore_metrics
 from dimcl.train.checkpoint import export_backbone, load_checkpoint, save_atomic
+from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 from dimcl.train.optim import build_optimizer, set_learning_rate
 from dimcl.train.schedules import warmup_cosine
 from dimcl.train.setup import (
@@ -40,14 +43,6 @@ from dimcl.train.setup import (
     build_pretrain_dataset,
     num_classes_of,
 )
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM or SIGINT stopped the run after saving a checkpoint to resume from."""
 
 
 @dataclass
@@ -142,7 +137,7 @@ def _loggers(cfg: Config, out_dir: Path) -> list:
 def _check_resume(cfg: Config, state: dict[str, Any]) -> list[str]:
     """Refuse a checkpoint of another config; a larger ``trainer.max_epochs`` is allowed, with a notice."""
     allowed = {"trainer.max_epochs", "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard",
-               "trainer.checkpoint_every_n_steps", "data.num_workers"}
+               "trainer.checkpoint_every_n_steps", "data.num_workers", "data.on_bad_image"}
     diffs = config_differences(state["config"], cfg.to_dict())
     blocking = [d for d in diffs if d[0] not in allowed]
     if blocking:
@@ -174,9 +169,27 @@ class PretrainResult:
     model: Pretrainer
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """``out_dir`` is, or can become, a writable directory; checked before anything is read or written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out '{out_dir}' is a file, not a directory; give a directory for the run")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out '{out_dir}' cannot be created: '{existing}' is a file, not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as err:
+        raise ConfigError(
+            f"--out '{out_dir}' is not writable ({err.strerror} in '{existing}'); choose a directory you can write"
+        ) from None
+
+
 def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> PretrainResult:
     """Pretrain ``cfg`` into ``out_dir`` (see the module docstring for the order of things)."""
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     ckpt_path = out_dir / CHECKPOINT
     state = None
     if resume:
@@ -206,8 +219,10 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
         fabric.print(f"notice: {notice}")
     torch.manual_seed(cfg.seed)
 
-    # ---- data
+    # ---- data (all of it opened, and checked, before anything is written)
     dataset = build_pretrain_dataset(cfg)
+    num_classes = num_classes_of(cfg, dataset)
+    eval_sets = build_eval_datasets(cfg) if cfg.eval.every > 0 and num_classes else None
     global_batch = cfg.data.batch_size * fabric.world_size
     if len(dataset) < global_batch:
         raise ConfigError(
@@ -220,8 +235,6 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
         generator=generator, pin_memory=fabric.device.type == "cuda", persistent_workers=False,
     )
     loader = fabric.setup_dataloaders(loader)
-    num_classes = num_classes_of(cfg, dataset)
-    eval_sets = build_eval_datasets(cfg) if cfg.eval.every > 0 and num_classes else None
 
     # ---- model and optimizer
     method = build_method_from_config(cfg)
@@ -287,6 +300,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
     last_record = state["metrics"] if state is not None else None
     skip = state.get("batch_in_epoch", 0) if state is not None else 0
     every_k = t.checkpoint_every_n_steps
+    bad_images_before = 0
     with StopSignals() as stop:
         for epoch in range(start_epoch, t.max_epochs):
             # Everything random in this epoch follows from (seed, epoch): resuming here replays it exactly.
@@ -347,6 +361,10 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
             record.update({k: _mean_over_ranks(fabric, v / progress.batches) for k, v in sorted(progress.sums.items())})
             record["lr"] = optimizer.param_groups[0]["lr"]
+            bad = bad_image_count(dataset)
+            if bad or cfg.data.on_bad_image == "skip":
+                record["bad_images_skipped"] = bad - bad_images_before
+                bad_images_before = bad
             record["images_per_s"] = progress.batches * global_batch / elapsed
             record["epoch_time_s"] = elapsed
             if progress.probe_count:

@@ -53,7 +53,7 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
     views = MultiViewTransform([build_view_transform(v, info) for v in view_configs(cfg.augment, info)])
     return build_dataset(
         cfg.data.name, cfg.data.root, "pretrain", views, subset=cfg.data.subset, seed=cfg.seed,
-        download=cfg.data.download,
+        download=cfg.data.download, on_bad_image=cfg.data.on_bad_image,
     )
 
 
@@ -65,11 +65,12 @@ def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     transform = eval_transform(dataset_info(cfg.data.name), crop_size(cfg))
 
     def split(name: str) -> Dataset:
-        full = build_dataset(cfg.data.name, cfg.data.root, name, transform, download=cfg.data.download)
+        common = dict(download=cfg.data.download, on_bad_image=cfg.data.on_bad_image)
+        full = build_dataset(cfg.data.name, cfg.data.root, name, transform, **common)
         n = cfg.data.eval_subset
         if n is None or n >= len(full):
             return full
-        return build_dataset(cfg.data.name, cfg.data.root, name, transform, subset=n, seed=cfg.seed)
+        return build_dataset(cfg.data.name, cfg.data.root, name, transform, subset=n, seed=cfg.seed, **common)
 
     return split("train"), split("eval")
 

@@ -1,0 +1,215 @@
+"""Feature-diversity diagnostics: how decorrelated, and how many-dimensional, a batch of features is.
+
+DimCL's claim is that contrasting dimensions makes them carry different information. These figures
+measure that on a feature matrix ``X`` of shape ``(N, D)`` (N samples, D dimensions), computed in
+float64 on the CPU:
+
+- ``mean_abs_correlation``: mean |Pearson correlation| over the ``D (D - 1)`` off-diagonal pairs of
+  dimensions (0: decorrelated, 1: every dimension a copy of the others);
+- ``effective_rank``: RankMe (Garrido et al., "RankMe: Assessing the Downstream Performance of
+  Pretrained Self-Supervised Representations by Their Rank", ICML 2023), between 1 and ``min(N, D)``;
+- ``collapsed_dimensions``: dimensions that hardly vary over the batch (dimensional collapse);
+- ``singular_spectrum``: the normalised singular values, for plotting.
+
+:func:`diagnose` runs a method's backbone and projector over a fixed batch; :func:`diagnose_run`
+does it for a run directory and writes ``diversity.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "collapsed_dimensions",
+    "diagnose",
+    "diagnose_run",
+    "diversity_report",
+    "effective_rank",
+    "fixed_eval_batch",
+    "load_trained_method",
+    "mean_abs_correlation",
+    "singular_spectrum",
+]
+
+#: RankMe's epsilon, added to every normalised singular value so that log(0) never occurs
+RANKME_EPS = 1e-7
+#: the number of evaluation images the diagnostics use by default (the first ones of the eval split)
+DEFAULT_IMAGES = 1024
+
+
+def _as_matrix(features: Tensor) -> Tensor:
+    """``(N, D)`` float64 on the CPU; float64 because correlations of nearly collapsed dims lose float32 digits."""
+    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
+        raise ValueError(f"expected a non-empty feature matrix of shape (N, D), got {tuple(features.shape)}")
+    return features.detach().to("cpu", torch.float64)
+
+
+def _batch_std(x: Tensor) -> Tensor:
+    """Biased std of each column of ``x`` ``(N, D)``: ``(D,)``, exactly 0 for numerically constant columns.
+
+    A column of N equal values gets a std of rounding noise (~1e-16 of its size) rather than 0.
+    """
+    std = x.std(dim=0, unbiased=False)
+    return torch.where(std > 1e-12 * x.abs().amax(dim=0), std, 0.0)
+
+
+def mean_abs_correlation(features: Tensor) -> float:
+    """Mean of ``|corr(X[:, i], X[:, j])|`` over all pairs ``i != j``; ``features`` is ``(N, D)``.
+
+    A constant dimension has no defined correlation; it counts as 0 (it shares no information with
+    any other) instead of turning the mean into NaN. One dimension alone has no pairs: 0.
+    """
+    x = _as_matrix(features)
+    n, d = x.shape
+    if d < 2:
+        return 0.0
+    centred = x - x.mean(dim=0)
+    std = _batch_std(x)  # biased, matching the 1/N below
+    varying = std > 0
+    standardised = torch.where(varying, centred / torch.where(varying, std, 1.0), 0.0)
+    correlation = standardised.T @ standardised / n  # (D, D), exactly 0 in the rows of constant dims
+    off_diagonal = correlation.abs().sum() - correlation.diagonal().abs().sum()
+    return float(off_diagonal / (d * (d - 1)))
+
+
+def singular_spectrum(features: Tensor) -> Tensor:
+    """Singular values of ``features`` ``(N, D)``, descending, divided by their sum: ``(min(N, D),)`` float64.
+
+    All zeros for an all-zero matrix.
+    """
+    singular_values = torch.linalg.svdvals(_as_matrix(features))  # already descending
+    total = singular_values.sum()
+    return singular_values / total if total > 0 else singular_values
+
+
+def effective_rank(features: Tensor, eps: float = RANKME_EPS) -> float:
+    """RankMe of ``features`` ``(N, D)``: ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + eps``.
+
+    ``s`` are the singular values of the matrix as given (not centred, as in RankMe). ``k`` equal
+    singular values give ``k``; a rank-1 matrix gives about 1. An all-zero matrix has rank 0.
+    """
+    singular_values = torch.linalg.svdvals(_as_matrix(features))
+    total = singular_values.sum()
+    if total <= 0:
+        return 0.0
+    p = singular_values / total + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def collapsed_dimensions(features: Tensor, tol: float = 1e-4) -> int:
+    """Number of dimensions of ``features`` ``(N, D)`` whose std over the batch is below ``tol * max std``.
+
+    When every dimension is (numerically) constant, i.e. the largest std is below 1e-8, the threshold
+    is the absolute 1e-8 instead, so that a fully collapsed batch counts all ``D`` dimensions.
+    """
+    std = _batch_std(_as_matrix(features))
+    largest = float(std.max())
+    threshold = tol * largest if largest >= 1e-8 else 1e-8
+    return int((std < threshold).sum())
+
+
+def diversity_report(features: Tensor, prefix: str = "") -> dict[str, float]:
+    """The scalar figures of ``features`` ``(N, D)``, keyed ``{prefix}mean_abs_corr``,
+    ``{prefix}effective_rank``, ``{prefix}collapsed_dims`` and ``{prefix}num_dims``."""
+    x = _as_matrix(features)
+    return {
+        f"{prefix}mean_abs_corr": mean_abs_correlation(x),
+        f"{prefix}effective_rank": effective_rank(x),
+        f"{prefix}collapsed_dims": collapsed_dimensions(x),
+        f"{prefix}num_dims": x.shape[1],
+    }
+
+
+@torch.no_grad()
+def diagnose(method: nn.Module, images: Tensor) -> dict[str, float]:
+    """Diversity of the backbone features ``(N, F)`` and projector outputs ``(N, D)`` of ``images``.
+
+    ``method`` is any method of :mod:`dimcl.methods` (it has ``.backbone`` and ``.projector``). It
+    runs in eval mode, so BatchNorm uses its running statistics and the figures do not depend on how
+    the batch is composed; its previous mode is restored afterwards. ``images`` ``(N, C, H, W)`` are
+    moved to the method's device. Keys: ``backbone_*`` and ``projector_*`` of :func:`diversity_report`.
+    """
+    was_training = method.training
+    method.eval()
+    try:
+        parameter = next(method.parameters(), None)
+        if parameter is not None:
+            images = images.to(parameter.device)
+        features = method.backbone(images)
+        projections = method.projector(features)
+    finally:
+        method.train(was_training)
+    return {**diversity_report(features, "backbone_"), **diversity_report(projections, "projector_")}
+
+
+def fixed_eval_batch(dataset: Dataset, num_images: int = DEFAULT_IMAGES) -> Tensor:
+    """The first ``num_images`` images of ``dataset`` (all of them if it is smaller), stacked ``(N, C, H, W)``.
+
+    Always the same images, transformed deterministically (the eval transform), so that figures are
+    comparable across epochs, seeds and runs.
+    """
+    count = min(num_images, len(dataset))
+    if count == 0:
+        raise ValueError("fixed_eval_batch(): the dataset is empty; the diagnostics need at least one image")
+    return torch.stack([dataset[i][0] for i in range(count)])
+
+
+def load_trained_method(path: str | Path) -> tuple[nn.Module | None, nn.Module, Any]:
+    """``(method or None, backbone, config)`` of a run directory, for diagnostics.
+
+    The projector is only saved in ``checkpoints/last.ckpt``: with it, the whole method is rebuilt
+    and its weights loaded (the method's backbone is then the run's last backbone). Without it (only
+    ``backbone.safetensors`` kept), the method is None and only the backbone is returned.
+    """
+    # Imported here: the training loop imports this module, and these import the run machinery.
+    from dimcl.eval.offline import load_trained_backbone, run_dir_of
+    from dimcl.run_dir import CHECKPOINT, load_run_config
+    from dimcl.train.checkpoint import load_checkpoint
+    from dimcl.train.setup import build_method_from_config
+
+    run = run_dir_of(path)
+    ckpt = run / CHECKPOINT
+    if not ckpt.is_file():
+        backbone, cfg = load_trained_backbone(run)
+        return None, backbone, cfg
+    cfg = load_run_config(run)
+    state = load_checkpoint(ckpt)
+    method = build_method_from_config(cfg, gather_distributed=False)
+    prefix = "method."
+    method.load_state_dict({k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    return method, method.backbone, cfg
+
+
+def diagnose_run(
+    path: str | Path,
+    num_images: int = DEFAULT_IMAGES,
+    device: str | torch.device = "cpu",
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """:func:`diagnose` of a run's final model on the first ``num_images`` images of its eval split.
+
+    Writes ``diversity.json`` to ``out_dir`` (default: the run directory) and returns the same dict.
+    Only ``backbone_*`` figures when the run kept no checkpoint (the projector is not exported).
+    """
+    from dimcl.eval.offline import run_dir_of
+    from dimcl.train.setup import build_eval_datasets
+
+    method, backbone, cfg = load_trained_method(path)
+    images = fixed_eval_batch(build_eval_datasets(cfg)[1], num_images)
+    if method is not None:
+        result: dict[str, Any] = diagnose(method.to(device), images)
+    else:
+        backbone.to(device).eval()
+        with torch.no_grad():
+            result = diversity_report(backbone(images.to(device)), "backbone_")
+    result["num_images"] = images.shape[0]
+    target = Path(out_dir) if out_dir is not None else run_dir_of(path)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "diversity.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,324 @@
+"""Sweeps: many pretraining runs from one grid file, run one after another, resumable.
+
+A grid file (YAML)::
+
+    recipe: fashion_mnist/byol          # or  config: path/to/recipe.yaml (relative to this file)
+    overrides: [trainer.max_epochs=50]  # applied to every cell
+    grid:                               # cartesian product, in this key order
+      method.name: [byol, simclr]
+      dimcl.weight: [0.0, 0.1]
+      seed: [0, 1, 2]
+    cells:                              # explicit cells, run after the product
+      - {method.name: byol, dimcl.weight: 0.05, seed: 0}
+    linear: true                        # linear probe (fast protocol) after each cell; default false
+    diagnose: true                      # diversity.json after each cell; default true
+    diagnose_images: 1024               # the first images of the eval split the diagnostics use
+    device: auto                        # where the evaluations run: auto (cuda if present), cpu, cuda, ...
+
+Every cell is a normal run directory ``<out>/<cell name>``; the name lists the cell's own keys,
+e.g. ``method.name=byol,dimcl.weight=0.1,seed=0``, so it is stable across calls and readable. A cell
+whose backbone is exported and whose metrics reach ``trainer.max_epochs`` is skipped; one with a
+checkpoint is resumed. ``<out>/sweep.json`` lists the cells and their status, rewritten after each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from dimcl.config import Config, ConfigError, config_differences, load_config
+from dimcl.recipes import resolve_recipe
+from dimcl.run_dir import BACKBONE, CHECKPOINT, CONFIG, read_metrics
+
+__all__ = ["SweepSpec", "cell_name", "cell_overrides", "load_grid", "run_sweep"]
+
+SWEEP_FILE = "sweep.json"
+_GRID_KEYS = ("recipe", "config", "overrides", "grid", "cells", "linear", "diagnose", "diagnose_images", "device")
+#: keys that may differ between a finished run and its cell without making it another experiment
+_BOOKKEEPING = {
+    "trainer.max_epochs", "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard",
+    "trainer.checkpoint_every_n_steps", "data.num_workers", "data.on_bad_image", "data.root", "data.download",
+}
+
+
+@dataclass
+class SweepSpec:
+    """A parsed grid file: the base recipe, shared overrides, the cells and what to run after each."""
+
+    recipe: Path | None
+    overrides: list[str] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    linear: bool = False
+    diagnose: bool = True
+    diagnose_images: int = 1024
+    device: str = "auto"
+
+
+# ------------------------------------------------------------------------------------------ grid file
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as YAML text that :func:`dimcl.config.parse_override` reads back as the same value.
+
+    Not ``str()``: ``str(1e-05)`` is read back by PyYAML as a string, and ``str(True)`` as 'True'.
+    """
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**31 - 1)
+    return text.removesuffix("\n...\n").strip()
+
+
+def _name_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return _yaml_value(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_name_value(v) for v in value) + "]"
+    return str(value)
+
+
+def cell_name(cell: dict[str, Any]) -> str:
+    """A readable, filesystem-safe directory name from a cell's overrides, in their order.
+
+    ``{"method.name": "byol", "dimcl.weight": 0.1}`` -> ``method.name=byol,dimcl.weight=0.1``. Characters
+    other than letters, digits and ``._,=+-`` become ``_``; a name over 120 characters is cut and
+    ended with a hash of the whole, so it stays unique. The empty cell is ``default``.
+    """
+    if not cell:
+        return "default"
+    name = ",".join(f"{key}={_name_value(value)}" for key, value in cell.items())
+    name = re.sub(r"[^A-Za-z0-9._,=+\-]", "_", name)
+    if len(name) > 120:
+        name = name[:109] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name
+
+
+def cell_overrides(spec: SweepSpec, cell: dict[str, Any]) -> list[str]:
+    """The overrides of one cell: the sweep's shared ones, then the cell's own (which win)."""
+    return [*spec.overrides, *(f"{key}={_yaml_value(value)}" for key, value in cell.items())]
+
+
+def _expand(grid: dict[str, list[Any]], explicit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of ``grid`` (first key slowest), then ``explicit``; repeats dropped."""
+    cells: list[dict[str, Any]] = []
+    if grid:
+        keys = list(grid)
+        cells = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+    cells += [dict(cell) for cell in explicit]
+    unique: list[dict[str, Any]] = []
+    for cell in cells:
+        if cell not in unique:
+            unique.append(cell)
+    return unique
+
+
+def load_grid(grid_file: str | Path) -> SweepSpec:
+    """Read and check a grid file (see the module docstring); errors name the bad entry."""
+    path = Path(grid_file)
+    if not path.is_file():
+        raise ConfigError(f"grid file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"grid file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"grid file '{path}' must hold a mapping ({', '.join(_GRID_KEYS)})")
+    unknown = sorted(set(data) - set(_GRID_KEYS))
+    if unknown:
+        raise ConfigError(f"grid file '{path}': unknown key(s) {', '.join(unknown)}; accepted: {', '.join(_GRID_KEYS)}")
+    if "recipe" in data and "config" in data:
+        raise ConfigError(f"grid file '{path}' gives both 'recipe' and 'config'; give one")
+
+    recipe = None
+    if data.get("recipe") is not None:
+        recipe = resolve_recipe(str(data["recipe"]))
+    elif data.get("config") is not None:
+        config = Path(str(data["config"]))
+        # A relative path is read next to the grid file, so a sweep folder can be moved as a whole.
+        recipe = resolve_recipe(str(path.parent / config if (path.parent / config).is_file() else config))
+
+    overrides = data.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"grid file '{path}': 'overrides' must be a list of key=value strings, got {overrides!r}")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"grid file '{path}': 'grid' must map config keys to lists of values, got {grid!r}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"grid file '{path}': grid key '{key}' must have a non-empty list of values, got {values!r} "
+                f"(write {key}: [{values!r}] for a single value)"
+            )
+    explicit = data.get("cells") or []
+    if not isinstance(explicit, list) or not all(isinstance(c, dict) for c in explicit):
+        raise ConfigError(f"grid file '{path}': 'cells' must be a list of mappings of config keys, got {explicit!r}")
+
+    spec = SweepSpec(recipe, list(overrides), _expand(grid, explicit))
+    for key, kind in (("linear", bool), ("diagnose", bool), ("diagnose_images", int), ("device", str)):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+                raise ConfigError(f"grid file '{path}': '{key}' got {value!r}; it takes {kind.__name__}")
+            setattr(spec, key, value)
+    return spec
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def _cell_state(cfg: Config, run_dir: Path) -> str:
+    """``finished`` (exported and all epochs recorded), ``interrupted`` (has a checkpoint) or ``new``."""
+    records = read_metrics(run_dir)
+    if (run_dir / BACKBONE).is_file() and records and records[-1]["epoch"] >= cfg.trainer.max_epochs:
+        return "finished"
+    return "interrupted" if (run_dir / CHECKPOINT).is_file() else "new"
+
+
+def _check_same_experiment(name: str, cfg: Config, run_dir: Path) -> None:
+    """A finished run is only reused for its own cell: refuse one made with other settings."""
+    saved = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else None
+    if saved is None:
+        return
+    diffs = [
+        (key, old, new)
+        for key, old, new in config_differences(saved, cfg.to_dict())
+        # More epochs in the grid continue the run (the loop allows it); fewer would be another schedule.
+        if key not in _BOOKKEEPING
+        or (key == "trainer.max_epochs" and isinstance(old, int) and isinstance(new, int) and old > new)
+    ]
+    if diffs:
+        listed = "; ".join(f"{k}: {old!r} in the run, {new!r} in the grid" for k, old, new in diffs)
+        raise ConfigError(
+            f"sweep cell '{name}': '{run_dir}' holds a run of another configuration ({listed}). Move it away, "
+            "or give the sweep another output directory."
+        )
+
+
+def _eval_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _is_main_process() -> bool:
+    # Under torchrun every rank walks the same cells (pretrain synchronises them); only rank 0 writes.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    """The headline figures of a run directory, for ``sweep.json``."""
+    out: dict[str, Any] = {}
+    records = read_metrics(run_dir)
+    if records:
+        out["epochs_done"] = records[-1]["epoch"]
+        knn = [r["knn_top1"] for r in records if "knn_top1" in r]
+        if knn:
+            out["knn_top1"] = knn[-1]
+    for file, keys in (("linear.json", ("linear_top1",)), ("diversity.json", ("backbone_effective_rank",))):
+        if (run_dir / file).is_file():
+            saved = json.loads((run_dir / file).read_text())
+            out.update({k: saved[k] for k in keys if k in saved})
+    return out
+
+
+def _write_sweep_file(out_dir: Path, grid_file: Path, cells: list[dict[str, Any]]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{SWEEP_FILE}.tmp"
+    tmp.write_text(json.dumps({"grid_file": str(grid_file), "cells": cells}, indent=2) + "\n")
+    os.replace(tmp, out_dir / SWEEP_FILE)  # a reader never sees half a file
+
+
+def run_sweep(
+    grid_file: str | Path,
+    out_dir: str | Path,
+    dry_run: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+    """Run every cell of ``grid_file`` into ``out_dir/<cell name>``; returns one dict per cell.
+
+    All cells' configs are built and checked first, so a typo fails before anything trains. Each cell
+    dict has ``name``, ``overrides`` (the cell's own keys), ``run_dir``, ``status`` and, when known,
+    ``knn_top1``, ``linear_top1``, ``backbone_effective_rank``, ``epochs_done``. Status: ``trained``,
+    ``resumed``, ``skipped`` (already finished), ``failed`` (with ``error``; a non-finite loss fails
+    only its cell, any other error stops the sweep), ``interrupted``; with ``dry_run`` nothing runs or
+    is written and the status says what would happen: ``would train``, ``would resume``, ``skipped``.
+    """
+    from dimcl.eval.diversity import diagnose_run
+    from dimcl.eval.linear import linear_of_run
+    from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted, pretrain
+
+    grid_file, out_dir = Path(grid_file), Path(out_dir)
+    spec = load_grid(grid_file)
+    say = log or (lambda _: None)
+    planned: list[tuple[str, Config, dict[str, Any]]] = []
+    names: dict[str, dict[str, Any]] = {}
+    for cell in spec.cells or [{}]:
+        name = cell_name(cell)
+        if name in names:
+            raise ConfigError(f"sweep cells {names[name]!r} and {cell!r} get the same directory name '{name}'")
+        names[name] = cell
+        try:
+            cfg = load_config(spec.recipe, cell_overrides(spec, cell))
+        except ConfigError as err:
+            raise ConfigError(f"sweep cell '{name}': {err}") from None
+        planned.append((name, cfg, cell))
+
+    states, results = [], []
+    for name, cfg, cell in planned:
+        run_dir = out_dir / name
+        state = _cell_state(cfg, run_dir)
+        if state != "new":
+            _check_same_experiment(name, cfg, run_dir)
+        states.append(state)
+        status = {"finished": "skipped", "interrupted": "would resume", "new": "would train"}[state]
+        results.append({"name": name, "overrides": cell, "run_dir": str(run_dir), "status": status})
+    if dry_run:
+        for index, result in enumerate(results, 1):
+            say(f"[{index}/{len(results)}] {result['name']}: {result['status']}")
+        return results
+
+    main = _is_main_process()
+    device = _eval_device(spec.device)
+    for index, ((name, cfg, _), state, result) in enumerate(zip(planned, states, results, strict=True), 1):
+        run_dir = out_dir / name
+        trains = state != "finished"
+        if trains:
+            resume = state == "interrupted"
+            say(f"[{index}/{len(results)}] {name}: {'resuming' if resume else 'training'}")
+            result["status"] = "running"
+            if main:
+                _write_sweep_file(out_dir, grid_file, results)
+            try:
+                pretrain(cfg, run_dir, resume=resume)
+            except NonFiniteLossError as err:
+                result.update(status="failed", error=str(err))
+                say(f"[{index}/{len(results)}] {name}: failed: {err}")
+                continue
+            except (TrainingInterrupted, KeyboardInterrupt) as err:
+                result.update(status="interrupted", error=str(err) or type(err).__name__)
+                raise
+            except BaseException as err:
+                result.update(status="failed", error=str(err) or type(err).__name__)
+                raise
+            finally:
+                if main:
+                    _write_sweep_file(out_dir, grid_file, results)
+            result["status"] = "resumed" if resume else "trained"
+        else:
+            say(f"[{index}/{len(results)}] {name}: finished already, skipped")
+        if main:
+            # After a (re)training the old evaluations describe another backbone: redo them.
+            if spec.linear and (trains or not (run_dir / "linear.json").is_file()):
+                linear_of_run(run_dir, device=device)
+            if spec.diagnose and (trains or not (run_dir / "diversity.json").is_file()):
+                diagnose_run(run_dir, num_images=spec.diagnose_images, device=device)
+            result.update(_summary(run_dir))
+            _write_sweep_file(out_dir, grid_file, results)
+    return results

@@ -1,0 +1,142 @@
+"""Reports from hand-made run directories, checked against figures computed by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dimcl.config import load_config, save_config
+from dimcl.recipes import resolve_recipe
+from dimcl.report import build_report
+from dimcl.report.report import (
+    Run,
+    compare_groups,
+    group_runs,
+    load_runs,
+    mean_std,
+    paired_interval,
+    t_quantile_975,
+)
+
+
+def make_run(path, method, weight, seed, knn, *, rank=None, extra=(), files=None):
+    """A run directory: config.yaml, and metrics.jsonl whose epochs have the given kNN (and rank) values."""
+    path.mkdir(parents=True)
+    cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), [f"seed={seed}", f"dimcl.weight={weight}", *extra])
+    save_config(cfg, path / "config.yaml")
+    with open(path / "metrics.jsonl", "w") as f:
+        for epoch, value in enumerate(knn, 1):
+            record = {"epoch": epoch, "loss": 1.0 / epoch, "knn_top1": value}
+            if rank is not None:
+                record["backbone_effective_rank"] = rank[epoch - 1]
+            f.write(json.dumps(record) + "\n")
+    for name, content in (files or {}).items():
+        (path / name).write_text(json.dumps(content))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    # BYOL baseline, seeds 0-3 (final kNN 80, 82, 84, 90); seed 3 has no +DimCL partner.
+    make_run(root / "byol" / "base" / "s2", "byol", 0, 2, [50, 84], rank=[3, 5])
+    make_run(root / "byol" / "base" / "s0", "byol", 0, 0, [50, 80], rank=[3, 4],
+             files={"linear.json": {"linear_top1": 70.0}})
+    # With λ = 0 the other dimcl.* keys change nothing: still the same baseline.
+    make_run(root / "byol" / "base" / "s3", "byol", 0, 3, [50, 90], rank=[3, 4], extra=["dimcl.temperature=0.5"])
+    # Bookkeeping keys differ: still the same experiment.
+    make_run(root / "deeper" / "still" / "s1", "byol", 0, 1, [50, 82], rank=[3, 4],
+             extra=["trainer.progress_bar=false", "data.root=/elsewhere"])
+    # BYOL + DimCL, seeds 0-2: differences 1, 2, 1.5 against the baseline of the same seed.
+    make_run(root / "byol" / "dimcl" / "s0", "byol", 0.1, 0, [55, 81], rank=[4, 6],
+             files={"linear.json": {"linear_top1": 72.5}, "diversity.json": {"backbone_effective_rank": 9.0}})
+    make_run(root / "byol" / "dimcl" / "s1", "byol", 0.1, 1, [55, 0], rank=[4, 6],
+             files={"knn.json": {"knn_top1": 84.0}})  # the offline kNN file wins over the metrics
+    make_run(root / "byol" / "dimcl" / "s2", "byol", 0.1, 2, [55, 85.5], rank=[4, 6])
+    # SimCLR with one seed each.
+    make_run(root / "simclr" / "base", "simclr", 0, 0, [40, 60])
+    make_run(root / "simclr" / "dimcl", "simclr", 0.1, 0, [40, 63])
+    (root / "not_a_run").mkdir()
+    (root / "stray").mkdir()
+    (root / "stray" / "config.yaml").write_text("seed: 0\n")  # a config without metrics: not a run
+    return root
+
+
+def test_t_quantiles():
+    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475))  # Cauchy: closed form
+    assert t_quantile_975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)))  # closed form for 2 dof
+    assert t_quantile_975(4) == pytest.approx(2.776, abs=1e-3)  # the textbook table
+    assert t_quantile_975(30) > t_quantile_975(31) > t_quantile_975(40) > 2.02
+    assert t_quantile_975(31) == pytest.approx(2.0395134, abs=1e-6)
+    assert t_quantile_975(10_000) == pytest.approx(1.96, abs=1e-3)
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_mean_std_and_paired_interval_by_hand():
+    assert mean_std([80, 82, 84, 90]) == pytest.approx((84, math.sqrt((16 + 4 + 0 + 36) / 3)))
+    assert mean_std([5.0]) == (5.0, None)
+    mean, (low, high) = paired_interval([1.0, 2.0, 1.5])
+    half = 4.302652730 * 0.5 / math.sqrt(3)  # sd of (1, 2, 1.5) is 0.5; t(0.975, 2) = 4.3027
+    assert mean == pytest.approx(1.5) and low == pytest.approx(1.5 - half) and high == pytest.approx(1.5 + half)
+    assert paired_interval([3.0]) == (3.0, None)
+
+
+def test_groups_and_pairing(sweep):
+    runs, notes = load_runs(sweep)
+    assert len(runs) == 9 and len(notes) == 1 and "stray" in notes[0]
+    groups = group_runs(runs)
+    assert [(g.method, g.dimcl_weight, len(g.runs)) for g in groups] == [
+        ("byol", 0.0, 4), ("byol", 0.1, 3), ("simclr", 0.0, 1), ("simclr", 0.1, 1)
+    ]
+    base, dimcl = groups[0], groups[1]
+    assert [r.seed for r in base.runs] == [0, 1, 2, 3]
+    assert base.summary("knn_top1") == pytest.approx((84, math.sqrt(56 / 3), 4))
+    assert dimcl.summary("knn_top1") == pytest.approx((83.5, math.sqrt((2.5**2 + 0.5**2 + 2**2) / 2), 3))
+    assert base.summary("linear_top1") == (70.0, None, 1)
+    # diversity.json beats the last epoch's per-epoch figure
+    assert dimcl.summary("backbone_effective_rank") == pytest.approx((7.0, math.sqrt(3), 3))
+    assert "method.name=byol" in dimcl.label and "dimcl.weight=0.1" in dimcl.label
+
+    comparisons = {(c.method, c.figure): c for c in compare_groups(groups)}
+    knn = comparisons["byol", "knn_top1"]
+    assert knn.seeds == [0, 1, 2]  # seed 3 has no partner
+    assert knn.differences == pytest.approx([1.0, 2.0, 1.5])
+    half = 4.302652730 * 0.5 / math.sqrt(3)
+    assert knn.mean == pytest.approx(1.5) and knn.interval == pytest.approx((1.5 - half, 1.5 + half))
+    linear = comparisons["byol", "linear_top1"]
+    assert linear.seeds == [0] and linear.mean == pytest.approx(2.5) and linear.interval is None
+    assert comparisons["simclr", "knn_top1"].mean == pytest.approx(3.0)
+    assert ("simclr", "linear_top1") not in comparisons
+
+
+def test_report_markdown_and_plots(sweep, tmp_path):
+    out = tmp_path / "report" / "report.md"
+    markdown = build_report(sweep, out)
+    assert out.read_text() == markdown
+    assert "9 run(s)" in markdown and "4 configuration(s)" in markdown
+    assert f"84.00 ± {math.sqrt(56 / 3):.2f}" in markdown  # byol baseline kNN
+    assert "70.00 (n=1)" in markdown  # linear: one run of four has it
+    half = 4.302652730 * 0.5 / math.sqrt(3)
+    assert f"| +1.50 | [{1.5 - half:+.2f}, {1.5 + half:+.2f}] |" in markdown
+    assert "3 (0, 1, 2)" in markdown
+    assert "n=1, no interval" in markdown
+    for name in ("knn_top1_byol.png", "effective_rank_byol.png", "knn_top1_simclr.png"):
+        assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in markdown
+    assert not (out.parent / "effective_rank_simclr.png").exists()  # no per-epoch rank in those metrics
+
+
+def test_default_location_and_empty_folder(sweep, tmp_path):
+    build_report(sweep)
+    assert (sweep / "report.md").is_file() and (sweep / "knn_top1_byol.png").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "No run directories" in build_report(empty)
+
+
+def test_runs_are_ordered_by_numeric_seed(tmp_path):
+    runs = [Run(tmp_path / str(s), {"seed": s, "method.name": "byol", "dimcl.weight": 0.0}, [], {}) for s in (10, 2)]
+    (group,) = group_runs(runs)
+    assert [r.seed for r in group.runs] == [2, 10]
