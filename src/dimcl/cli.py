@@ -37,6 +37,37 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_linear(args: argparse.Namespace) -> int:
+    from dimcl.eval.linear import linear_of_run
+
+    result = linear_of_run(args.ckpt, out_dir=args.out, device=args.device, protocol=args.protocol,
+                           epochs=args.epochs)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dimcl.eval.diversity import diagnose_run
+
+    result = diagnose_run(args.ckpt, num_images=args.images, device=args.device, out_dir=args.out)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from dimcl.sweep import run_sweep
+
+    run_sweep(args.grid, args.out, dry_run=args.dry_run)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dimcl.report import build_report
+
+    print(build_report(args.dir, args.out))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from dimcl.data import DATASETS
     from dimcl.methods import METHODS
@@ -85,6 +116,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
     p.add_argument("--device", default="cpu", help="torch device for feature extraction (default: cpu)")
     p.set_defaults(func=_cmd_knn)
+
+    p = sub.add_parser("linear", help="linear probe on a run's frozen backbone",
+                       description="Linear evaluation of a frozen backbone: 'fast' trains a linear layer on cached "
+                       "features (the CPU default); 'augmented' is the standard protocol on augmented images. "
+                       "Writes linear.json.")
+    p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
+    p.add_argument("--protocol", choices=["fast", "augmented"], default="fast")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="folder for linear.json (default: the run directory)")
+    p.set_defaults(func=_cmd_linear)
+
+    p = sub.add_parser("analyze", help="feature-diversity diagnostics of a run",
+                       description="Mean |correlation| between dimensions, effective rank (RankMe), collapsed "
+                       "dimensions and the singular-value spectrum of backbone features and projector outputs on "
+                       "a fixed evaluation batch; writes diversity.json and PNG plots.")
+    p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint file inside one")
+    p.add_argument("--images", type=int, default=1024, help="evaluation images to analyse (default 1024)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="output folder (default: the run directory)")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("sweep", help="run a grid of configurations, resumably",
+                       description="Runs every cell of a grid file one after another, each a normal run "
+                       "directory; finished cells are skipped and interrupted ones resumed.")
+    p.add_argument("grid", help="the grid YAML file")
+    p.add_argument("--out", "-o", required=True, help="the sweep folder")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and what would run")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="Markdown report with seeds, paired differences and plots",
+                       description="Reads run directories under DIR (made anywhere) and writes a Markdown report: "
+                       "mean ± std over seeds, +DimCL − base with paired 95% intervals, and plots.")
+    p.add_argument("dir", help="folder holding run directories")
+    p.add_argument("--out", help="report path (default: DIR/report.md)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("list", help="list methods, backbones, datasets and recipes")
     p.set_defaults(func=_cmd_list)

@@ -129,6 +129,9 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.07
     online_probe: bool = True
+    #: feature-diversity figures (correlation, effective rank, collapsed dims) every epoch, on a fixed batch
+    diagnose: bool = True
+    diagnose_images: int = 1024
 
 
 @dataclass
@@ -376,6 +379,7 @@ def validate(cfg: Config) -> None:
     )
     _require(e.every >= 0, "eval.every", e.every, "it must be >= 0 (0 turns kNN evaluation off)")
     _require(e.knn_k >= 1, "eval.knn_k", e.knn_k, "it must be >= 1")
+    _require(e.diagnose_images >= 2, "eval.diagnose_images", e.diagnose_images, "it must be >= 2")
     _require(e.knn_temperature > 0, "eval.knn_temperature", e.knn_temperature, "it must be > 0")
     a = cfg.augment
     if DATASETS[cfg.data.name].in_channels == 1:

@@ -212,4 +212,47 @@ def diagnose_run(
     target = Path(out_dir) if out_dir is not None else run_dir_of(path)
     target.mkdir(parents=True, exist_ok=True)
     (target / "diversity.json").write_text(json.dumps(result, indent=2) + "\n")
+    with torch.no_grad():
+        backbone.eval()
+        features = {"backbone": backbone(images.to(device))}
+        if method is not None:
+            method.eval()
+            features["projector"] = method.projector(features["backbone"])
+    plot_diagnostics(features, target)
     return result
+
+
+def plot_diagnostics(features: dict[str, Tensor], out_dir: str | Path, max_dims: int = 64) -> list[Path]:
+    """``spectrum.png`` (normalised singular values, log scale, one curve per feature set) and
+    ``correlation_<name>.png`` (|correlation| between the first ``max_dims`` dimensions) into ``out_dir``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    written = []
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    for name, x in features.items():
+        spectrum = singular_spectrum(x).clamp_min(1e-12)
+        ax.semilogy(range(1, len(spectrum) + 1), spectrum.tolist(), label=f"{name} (rank {effective_rank(x):.1f})")
+    ax.set(xlabel="index", ylabel="normalised singular value", title="Singular-value spectrum")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(out_dir / "spectrum.png"))
+    written.append(out_dir / "spectrum.png")
+    for name, x in features.items():
+        x = _as_matrix(x)[:, :max_dims]
+        centred = x - x.mean(dim=0)
+        std = _batch_std(x)
+        corr = (centred.T @ centred / x.shape[0]) / (std[:, None] * std[None, :]).clamp_min(1e-12)
+        fig = Figure(figsize=(5, 4.4))
+        ax = fig.add_subplot()
+        image = ax.imshow(corr.abs().numpy(), vmin=0, vmax=1, cmap="viridis")
+        fig.colorbar(image, ax=ax, label="|correlation|")
+        ax.set(title=f"{name}: |correlation| of the first {x.shape[1]} dimensions", xlabel="dimension",
+               ylabel="dimension")
+        fig.tight_layout()
+        path = out_dir / f"correlation_{name}.png"
+        FigureCanvasAgg(fig).print_png(str(path))
+        written.append(path)
+    return written

@@ -47,6 +47,25 @@ def load_trained_backbone(path: str | Path) -> tuple[nn.Module, Config]:
     return backbone, cfg
 
 
+def knn_of_features(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    cfg: Config,
+    num_classes: int,
+) -> dict[str, Any]:
+    """Weighted kNN with the run's settings (cfg.eval.knn_k, cfg.eval.knn_temperature)."""
+    result = weighted_knn(
+        train_features, train_labels, test_features, test_labels,
+        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes,
+    )
+    return {
+        "knn_top1": result["top1"], "knn_top5": result["top5"], "k": cfg.eval.knn_k,
+        "temperature": cfg.eval.knn_temperature, "bank_size": len(train_labels), "eval_size": len(test_labels),
+    }
+
+
 def knn_of_backbone(
     backbone: nn.Module,
     cfg: Config,
@@ -55,7 +74,7 @@ def knn_of_backbone(
     datasets: tuple[Dataset, Dataset] | None = None,
     num_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Weighted kNN (cfg.eval.knn_k, cfg.eval.knn_temperature) of ``backbone`` on the run's dataset.
+    """Weighted kNN of ``backbone`` (already on ``device``) on the run's evaluation splits.
 
     ``datasets`` (bank, evaluation) default to :func:`build_eval_datasets` of ``cfg``.
     """
@@ -66,19 +85,24 @@ def knn_of_backbone(
     loader_args = dict(batch_size=batch_size, num_workers=cfg.data.num_workers)
     train_features, train_labels = extract_features(backbone, DataLoader(bank_set, **loader_args), device)
     test_features, test_labels = extract_features(backbone, DataLoader(test_set, **loader_args), device)
-    result = weighted_knn(
-        train_features, train_labels, test_features, test_labels,
-        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes,
-    )
-    return {
-        "knn_top1": result["top1"], "knn_top5": result["top5"], "k": cfg.eval.knn_k,
-        "temperature": cfg.eval.knn_temperature, "bank_size": len(bank_set), "eval_size": len(test_set),
-    }
+    return knn_of_features(train_features, train_labels, test_features, test_labels, cfg, num_classes)
 
 
 def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """kNN of a run's backbone; written to ``knn.json`` in the run directory too."""
+    """kNN of a run's backbone, on features cached in ``<run>/features`` (shared with ``dimcl linear``).
+
+    The result is written to ``knn.json`` in the run directory too.
+    """
+    from dimcl.eval.linear import cached_eval_features  # linear builds on this module
+
     backbone, cfg = load_trained_backbone(path)
-    result = knn_of_backbone(backbone, cfg, device)
-    (run_dir_of(path) / "knn.json").write_text(json.dumps(result, indent=2) + "\n")
+    backbone.to(device)
+    run = run_dir_of(path)
+    datasets = build_eval_datasets(cfg)
+    num_classes = num_classes_of(cfg, datasets[0])
+    if not num_classes:
+        raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
+    features = cached_eval_features(backbone, cfg, run / "features", device, datasets=datasets)
+    result = knn_of_features(*features, cfg, num_classes)
+    (run / "knn.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from dimcl.config import Config, ConfigError, config_differences, save_config
 from dimcl.data import bad_image_count
+from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.methods import SSLMethod, cosine_momentum
 from dimcl.run_dir import BACKBONE, CHECKPOINT, append_metrics, restore_metrics
@@ -222,7 +223,10 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
     # ---- data (all of it opened, and checked, before anything is written)
     dataset = build_pretrain_dataset(cfg)
     num_classes = num_classes_of(cfg, dataset)
-    eval_sets = build_eval_datasets(cfg) if cfg.eval.every > 0 and num_classes else None
+    eval_sets = build_eval_datasets(cfg) if (cfg.eval.every > 0 or cfg.eval.diagnose) and num_classes else None
+    diagnose_batch = None
+    if eval_sets is not None and cfg.eval.diagnose:
+        diagnose_batch = fixed_eval_batch(eval_sets[1], cfg.eval.diagnose_images)
     global_batch = cfg.data.batch_size * fabric.world_size
     if len(dataset) < global_batch:
         raise ConfigError(
@@ -371,12 +375,12 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
                 counts = torch.tensor([progress.probe_correct, progress.probe_count], dtype=torch.float64)
                 counts = fabric.all_reduce(counts, reduce_op="sum")
                 record["probe_top1"] = float(100 * counts[0] / counts[1])
-            if eval_sets is not None and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.max_epochs):
-                if is_main:
-                    knn = knn_of_backbone(method.backbone, cfg, fabric.device, datasets=eval_sets,
-                                          num_classes=num_classes)
-                    record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
-                fabric.barrier()
+            knn_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.max_epochs)
+            if is_main and eval_sets is not None and knn_now:
+                knn = knn_of_backbone(method.backbone, cfg, fabric.device, datasets=eval_sets, num_classes=num_classes)
+                record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
+            if is_main and diagnose_batch is not None:
+                record.update(diagnose(method, diagnose_batch))
 
             # Checkpoint first, then the metrics line: a kill in between is mended on resume.
             save(epoch + 1, 0, EpochProgress(), record)
