@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from dimcl.models import BACKBONES, SmallCNN, build_backbone
+from dimcl.models.backbones import time_small_cnn_step
 
 
 def test_registry_names():
@@ -162,3 +163,9 @@ def test_unused_options_are_rejected():
         build_backbone("resnet18", patch_size=4)
     with pytest.raises(ValueError, match="cifar_stem"):
         build_backbone("small_cnn", cifar_stem=False)
+
+
+def test_time_small_cnn_step_runs(capsys):
+    seconds = time_small_cnn_step(batch_size=4, steps=1)
+    assert seconds > 0
+    assert "s/step" in capsys.readouterr().out

@@ -46,6 +46,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"'{path}' is not a readable dimcl checkpoint (truncated or another format): not a PyTorch archive"
+            ) from None
         raise CheckpointError(
             f"refusing to load '{path}': it holds objects other than tensors and plain data, which could run "
             f"arbitrary code ({str(err).splitlines()[0]})"
