@@ -28,7 +28,7 @@ RECIPE = "fashion_mnist/byol"
 BUDGET = [
     "data.subset=10000",
     "data.eval_subset=5000",
-    "trainer.max_epochs=8",
+    "trainer.max_epochs=6",
     "eval.every=1",
 ]
 RUNS = {"byol": ("BYOL", ["dimcl.weight=0"]), "byol_dimcl": ("BYOL + DimCL", ["dimcl.weight=0.1"])}

@@ -32,9 +32,7 @@ class BarlowTwins(SSLMethod):
         self.scale_loss = scale_loss
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1, x2 = self._two_views(views)
-        f1, f2 = self.backbone(x1), self.backbone(x2)
-        z1, z2 = self.projector(f1), self.projector(f2)
+        f1, z1, z2 = self.encode(views)
         loss = barlow_twins_loss(
             z1, z2, self.lambd, self.scale_loss, gather_distributed=self.gather_distributed
         )

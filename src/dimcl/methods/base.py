@@ -67,6 +67,12 @@ class SSLMethod(nn.Module):
             raise ValueError(f"the methods take exactly two augmented views, got {len(views)}")
         return views[0], views[1]
 
+    def encode(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backbone features of view 1 (N, F) and the online projections of both views (N, D) each."""
+        x1, x2 = self._two_views(views)
+        f1 = self.backbone(x1)
+        return f1, self.projector(f1), self.projector(self.backbone(x2))
+
     def combine(self, loss_ssl: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(1 - λ) · loss_ssl + λ · DimCL(z1, z2)``; with λ = 0 the loss *is* ``loss_ssl``."""
         out = {"loss_ssl": loss_ssl, "z1": z1, "z2": z2}

@@ -39,9 +39,8 @@ class BYOL(SSLMethod):
         return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1, x2 = self._two_views(views)
-        f1, f2 = self.backbone(x1), self.backbone(x2)
-        z1, z2 = self.projector(f1), self.projector(f2)
+        f1, z1, z2 = self.encode(views)
+        x1, x2 = views
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             t1 = self.momentum_projector(self.momentum_backbone(x1))

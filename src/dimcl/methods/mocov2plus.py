@@ -54,9 +54,8 @@ class MoCoV2Plus(SSLMethod):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[1]) % size)
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1, x2 = self._two_views(views)
-        f1, f2 = self.backbone(x1), self.backbone(x2)
-        q1, q2 = self.projector(f1), self.projector(f2)
+        f1, q1, q2 = self.encode(views)
+        x1, x2 = views
         with torch.no_grad():
             k1 = self.momentum_projector(self.momentum_backbone(x1))
             k2 = self.momentum_projector(self.momentum_backbone(x2))

@@ -30,8 +30,6 @@ class SimCLR(SSLMethod):
         self.temperature = temperature
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1, x2 = self._two_views(views)
-        f1, f2 = self.backbone(x1), self.backbone(x2)
-        z1, z2 = self.projector(f1), self.projector(f2)
+        f1, z1, z2 = self.encode(views)
         loss = nt_xent_loss(z1, z2, self.temperature, gather_distributed=self.gather_distributed)
         return {**self.combine(loss, z1, z2), "features": f1}

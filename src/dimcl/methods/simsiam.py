@@ -32,9 +32,7 @@ class SimSiam(SSLMethod):
         self.predictor = mlp(proj_output_dim, pred_hidden_dim, proj_output_dim, 2)
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1, x2 = self._two_views(views)
-        f1, f2 = self.backbone(x1), self.backbone(x2)
-        z1, z2 = self.projector(f1), self.projector(f2)
+        f1, z1, z2 = self.encode(views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
         # DimCL regularises the projector outputs z, not the predictor outputs p (as the authors do).

@@ -32,8 +32,6 @@ class VICReg(SSLMethod):
         self.weights = (sim_weight, var_weight, cov_weight)
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1, x2 = self._two_views(views)
-        f1, f2 = self.backbone(x1), self.backbone(x2)
-        z1, z2 = self.projector(f1), self.projector(f2)
+        f1, z1, z2 = self.encode(views)
         loss = vicreg_loss(z1, z2, *self.weights, gather_distributed=self.gather_distributed)
         return {**self.combine(loss, z1, z2), "features": f1}
