@@ -59,3 +59,21 @@ def test_pretrain_then_knn(tiny_fashion_mnist, tmp_path):
     # the same backbone through its checkpoint gives the same figure
     proc = dimcl("knn", "--ckpt", str(run / "checkpoints" / "last.ckpt"))
     assert json.loads(proc.stdout)["knn_top1"] == result["knn_top1"]
+
+
+def test_demo_runs_end_to_end_on_tiny_data(tiny_fashion_mnist, tmp_path):
+    from dimcl.demo import run_demo
+
+    out = tmp_path / "demo"
+    result = run_demo(out, [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "data.subset=null",
+                            "data.eval_subset=null", "trainer.max_epochs=1"])
+    assert set(result["runs"]) == {"byol", "byol_dimcl"}
+    assert "loss_dimcl" in result["runs"]["byol_dimcl"]["records"][0]
+    assert "loss_dimcl" not in result["runs"]["byol"]["records"][0]
+    for name in ("summary.md", "summary.json", "curves.png", "byol/backbone.safetensors",
+                 "byol_dimcl/backbone.safetensors"):
+        assert (out / name).is_file(), name
+    assert "random init (floor)" in (out / "summary.md").read_text()
+    again = run_demo(out, [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "data.subset=null",
+                           "data.eval_subset=null", "trainer.max_epochs=1"])
+    assert again["runs"]["byol"]["records"] == result["runs"]["byol"]["records"]  # finished runs are reused

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from dimcl.config import load_config
+from dimcl.eval.diversity import diversity_report, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.recipes import resolve_recipe
 from dimcl.run_dir import BACKBONE, load_run_config, read_metrics
@@ -34,7 +35,7 @@ BUDGET = [
 RUNS = {"byol": ("BYOL", ["dimcl.weight=0"]), "byol_dimcl": ("BYOL + DimCL", ["dimcl.weight=0.1"])}
 
 
-def _run_or_reuse(run_dir: Path, overrides: list[str]) -> tuple[list[dict[str, Any]], float]:
+def _run_or_reuse(run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
     """Pretrain into ``run_dir``; a finished run of the same config is reused, anything else replaced."""
     cfg = load_config(resolve_recipe(RECIPE), overrides)
     if run_dir.exists():
@@ -45,21 +46,26 @@ def _run_or_reuse(run_dir: Path, overrides: list[str]) -> tuple[list[dict[str, A
         records = read_metrics(run_dir)
         if same and (run_dir / BACKBONE).is_file() and records and records[-1]["epoch"] == cfg.trainer.max_epochs:
             print(f"reusing the finished run in {run_dir}")
-            return records, 0.0
+            return records
         if same and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            started = time.perf_counter()
             pretrain(cfg, run_dir, resume=True)
-            return read_metrics(run_dir), time.perf_counter() - started
+            return read_metrics(run_dir)
         shutil.rmtree(run_dir)  # the demo's own folder, from another budget
-    started = time.perf_counter()
     pretrain(cfg, run_dir)
-    return read_metrics(run_dir), time.perf_counter() - started
+    return read_metrics(run_dir)
 
 
 def _floor(overrides: list[str]) -> dict[str, Any]:
+    """kNN and feature diversity of the same backbone with random weights (eval batch as in training)."""
     cfg = load_config(resolve_recipe(RECIPE), overrides)
     torch.manual_seed(cfg.seed)
-    return knn_of_backbone(build_backbone_from_config(cfg), cfg, datasets=build_eval_datasets(cfg))
+    backbone = build_backbone_from_config(cfg)
+    datasets = build_eval_datasets(cfg)
+    result = knn_of_backbone(backbone, cfg, datasets=datasets)
+    backbone.eval()
+    with torch.no_grad():
+        features = backbone(fixed_eval_batch(datasets[1], cfg.eval.diagnose_images))
+    return {**result, **diversity_report(features, "backbone_")}
 
 
 def _plot(results: dict[str, dict[str, Any]], floor: float, path: Path) -> None:
@@ -89,16 +95,19 @@ def _plot(results: dict[str, dict[str, Any]], floor: float, path: Path) -> None:
 
 def _table(results: dict[str, dict[str, Any]], floor: dict[str, Any]) -> str:
     lines = [
-        "| backbone | λ (dimcl.weight) | kNN top-1 (%) | kNN top-5 (%) | online probe top-1 (%) | final loss "
-        "| train time (s) |",
-        "|---|---|---|---|---|---|---|",
-        f"| random init (floor) | – | {floor['knn_top1']:.2f} | {floor['knn_top5']:.2f} | – | – | – |",
+        "| backbone | λ (dimcl.weight) | kNN top-1 (%) | kNN top-5 (%) | online probe top-1 (%) "
+        "| effective rank | mean abs. corr. | final BYOL loss | train time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| random init (floor) | – | {floor['knn_top1']:.2f} | {floor['knn_top5']:.2f} | – "
+        f"| {floor['backbone_effective_rank']:.1f} | {floor['backbone_mean_abs_corr']:.3f} | – | – |",
     ]
     for result in results.values():
         last = result["records"][-1]
+        train_time = sum(r["epoch_time_s"] for r in result["records"])
         lines.append(
             f"| {result['label']} | {result['weight']} | {last['knn_top1']:.2f} | {last['knn_top5']:.2f} | "
-            f"{last.get('probe_top1', float('nan')):.2f} | {last['loss']:.4f} | {result['seconds']:.0f} |"
+            f"{last.get('probe_top1', float('nan')):.2f} | {last.get('backbone_effective_rank', float('nan')):.1f} | "
+            f"{last.get('backbone_mean_abs_corr', float('nan')):.3f} | {last['loss_ssl']:.4f} | {train_time:.0f} |"
         )
     return "\n".join(lines)
 
@@ -112,9 +121,8 @@ def run_demo(out: str | Path = "runs/demo", overrides: Sequence[str] = ()) -> di
     results: dict[str, dict[str, Any]] = {}
     for key, (label, extra) in RUNS.items():
         print(f"== {label}: dimcl pretrain -c {RECIPE} {' '.join(base + extra)}")
-        records, seconds = _run_or_reuse(out / key, [*base, *extra])
-        results[key] = {"label": label, "weight": float(extra[0].split("=")[1]), "records": records,
-                        "seconds": seconds}
+        records = _run_or_reuse(out / key, [*base, *extra])
+        results[key] = {"label": label, "weight": float(extra[0].split("=")[1]), "records": records}
     print("== random-init floor: the same backbone, untrained")
     floor = _floor(base)
     table = _table(results, floor)
@@ -127,13 +135,16 @@ def run_demo(out: str | Path = "runs/demo", overrides: Sequence[str] = ()) -> di
         f"Recipe `{RECIPE}` with `{' '.join(base)}`: backbone `{cfg.backbone.name}`, batch {cfg.data.batch_size}, "
         f"{cfg.trainer.max_epochs} epochs on a seeded subset of {cfg.data.subset} training images, seed {cfg.seed}. "
         f"kNN: weighted, k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}, bank and test sets of "
-        f"{floor['bank_size']} and {floor['eval_size']} images.",
+        f"{floor['bank_size']} and {floor['eval_size']} images. Effective rank (RankMe) and mean absolute "
+        f"correlation between dimensions: backbone features of the first {cfg.eval.diagnose_images} test images. "
+        "Train time: the epochs' training loops, without evaluation.",
         "",
         table,
         "",
         "![loss and kNN accuracy per epoch](curves.png)",
         "",
-        f"Total time: {total:.0f} s. Made by `dimcl demo --out {out} {' '.join(overrides)}`.".rstrip(),
+        f"Made by `{' '.join(['dimcl demo --out', str(out), *overrides])}`; this invocation took {total:.0f} s "
+        "(a finished run of the same configuration is reused, not retrained).",
         "",
     ]
     (out / "summary.md").write_text("\n".join(summary))
