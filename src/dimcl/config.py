@@ -336,7 +336,8 @@ def validate(cfg: Config) -> None:
         if option not in accepted:
             raise ConfigError(
                 f"config key 'method.{option}' is not an option of method '{cfg.method.name}'; its options are: "
-                f"{', '.join(accepted)}.{_did_you_mean(option, accepted)}"
+                f"{', '.join(accepted)}.{_did_you_mean(option, accepted)} (Switching methods? Start from that "
+                "method's own recipe, e.g. -c <dataset>/<method>; `dimcl list` shows them.)"
             )
         default = accepted[option]
         hint = type(default) if default is not None else typing.Any
