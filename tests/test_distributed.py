@@ -20,6 +20,10 @@ GLOBAL_N, IN_DIM, OUT_DIM = 8, 5, 6
 OBJECTIVES = {
     "dimcl": functools.partial(dimcl_loss, temperature=0.1),
     "dimcl_uniform": functools.partial(dimcl_loss, temperature=0.1, hardness_aware=False),
+    "dimcl_blockwise": functools.partial(dimcl_loss, temperature=0.1, implementation="blockwise"),
+    "dimcl_blockwise_uniform": functools.partial(
+        dimcl_loss, temperature=0.1, hardness_aware=False, implementation="blockwise"
+    ),
     "nt_xent": nt_xent_loss,
     "barlow_twins": barlow_twins_loss,
     "vicreg": vicreg_loss,

@@ -38,6 +38,8 @@ class DimCLSection:
     weight: float = 0.1
     temperature: float = 0.1
     hardness_aware: bool = True
+    #: plain (2D x 2D similarity matrix), blockwise (memory-lean), or auto (blockwise for wide projectors)
+    implementation: Literal["auto", "plain", "blockwise"] = "auto"
 
 
 @dataclass

@@ -32,6 +32,10 @@ from torch import nn
 from dimcl.distributed import gather
 
 STANDARDIZE_EPS = 1e-5
+#: implementations of the contrast over dimension vectors; "auto" picks blockwise above the threshold
+IMPLEMENTATIONS = ("auto", "plain", "blockwise")
+#: "auto" switches to the blockwise form when the 2D x 2D similarity matrix has more rows than this
+BLOCKWISE_ABOVE = 4096
 
 
 def _check_inputs(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
@@ -52,6 +56,13 @@ def _check_inputs(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> Non
         raise ValueError(f"DimCL contrasts dimensions and needs at least 2 of them, got D={d}")
     if not temperature > 0:
         raise ValueError(f"DimCL temperature must be > 0, got {temperature}")
+
+
+def check_implementation(implementation: str) -> None:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"DimCL implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}"
+        )
 
 
 def standardize(z: torch.Tensor, eps: float = STANDARDIZE_EPS) -> torch.Tensor:
@@ -100,37 +111,56 @@ def dimcl_loss(
     *,
     gather_distributed: bool = False,
     eps: float = STANDARDIZE_EPS,
+    implementation: str = "auto",
 ) -> torch.Tensor:
     """DimCL loss of two views' projector outputs ``z1, z2`` (N, D) -> scalar (float32 or float64).
 
     Half-precision inputs are computed in float32 with autocast disabled, so the loss is safe to
     call inside ``torch.autocast``. With ``gather_distributed`` and an initialised process group, the
     batch is gathered from every rank first (gradients flow back correctly, see dimcl.distributed).
+    ``implementation``: "plain" builds the (2D, 2D) similarity matrix; "blockwise" never does
+    (:mod:`dimcl.losses.dimcl_blockwise`, same value and gradients); "auto" takes blockwise when
+    2D > ``BLOCKWISE_ABOVE``.
     """
     _check_inputs(z1, z2, temperature)
+    check_implementation(implementation)
     with torch.autocast(device_type=z1.device.type, enabled=False):
         if z1.dtype in (torch.float16, torch.bfloat16):
             z1, z2 = z1.float(), z2.float()
         if gather_distributed:
             z1, z2 = gather(z1), gather(z2)
         h = dimension_vectors(z1, z2, eps)
-        return contrast_similarities(h @ h.T, temperature, hardness_aware)
+        blockwise = implementation == "blockwise" or (implementation == "auto" and h.shape[0] > BLOCKWISE_ABOVE)
+        if not blockwise:
+            return contrast_similarities(h @ h.T, temperature, hardness_aware)
+        from dimcl.losses.dimcl_blockwise import blockwise_contrast, uniform_contrast  # it imports this module
+
+        return blockwise_contrast(h, temperature) if hardness_aware else uniform_contrast(h, temperature)
 
 
 class DimCLLoss(nn.Module):
     """Module form of :func:`dimcl_loss`; gathers across ranks by default (global-batch statistics)."""
 
-    def __init__(self, temperature: float = 0.1, hardness_aware: bool = True, gather_distributed: bool = True):
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        hardness_aware: bool = True,
+        gather_distributed: bool = True,
+        implementation: str = "auto",
+    ):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"DimCL temperature must be > 0, got {temperature}")
+        check_implementation(implementation)
         self.temperature = temperature
         self.hardness_aware = hardness_aware
         self.gather_distributed = gather_distributed
+        self.implementation = implementation
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return dimcl_loss(
-            z1, z2, self.temperature, self.hardness_aware, gather_distributed=self.gather_distributed
+            z1, z2, self.temperature, self.hardness_aware, gather_distributed=self.gather_distributed,
+            implementation=self.implementation,
         )
 
     def extra_repr(self) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dimcl.losses.dimcl import DimCLLoss
+from dimcl.losses.dimcl import DimCLLoss, check_implementation
 
 
 @dataclass
@@ -29,6 +29,8 @@ class DimCLConfig:
     weight: float = 0.0
     temperature: float = 0.1
     hardness_aware: bool = True
+    #: "auto" | "plain" | "blockwise" (memory-lean for wide projectors), see dimcl.losses.dimcl_loss
+    implementation: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight <= 1.0:
@@ -37,6 +39,7 @@ class DimCLConfig:
             )
         if not self.temperature > 0:
             raise ValueError(f"dimcl.temperature (τ) must be > 0, got {self.temperature}; the paper uses 0.1")
+        check_implementation(self.implementation)
 
     @property
     def enabled(self) -> bool:
@@ -56,7 +59,9 @@ class SSLMethod(nn.Module):
         self.dimcl = dimcl if dimcl is not None else DimCLConfig()
         self.gather_distributed = gather_distributed
         self.dimcl_loss = (
-            DimCLLoss(self.dimcl.temperature, self.dimcl.hardness_aware, gather_distributed)
+            DimCLLoss(
+                self.dimcl.temperature, self.dimcl.hardness_aware, gather_distributed, self.dimcl.implementation
+            )
             if self.dimcl.enabled
             else None
         )

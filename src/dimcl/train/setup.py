@@ -98,7 +98,8 @@ def build_backbone_from_config(cfg: Config) -> nn.Module:
 
 
 def build_method_from_config(cfg: Config, gather_distributed: bool = True) -> SSLMethod:
-    dimcl = DimCLConfig(cfg.dimcl.weight, cfg.dimcl.temperature, cfg.dimcl.hardness_aware)
+    d = cfg.dimcl
+    dimcl = DimCLConfig(d.weight, d.temperature, d.hardness_aware, d.implementation)
     return build_method(
         cfg.method.name, build_backbone_from_config(cfg), dimcl, gather_distributed=gather_distributed,
         **cfg.method.options,
