@@ -90,15 +90,15 @@ def contrast_similarities(similarity: torch.Tensor, temperature: float, hardness
     Row i's positive is column (i + D) mod 2D; the diagonal is excluded.
     """
     two_d = similarity.shape[0]
-    num_dims = two_d // 2
-    pos = positive_index(num_dims, similarity.device)
-    self_mask = torch.eye(two_d, dtype=torch.bool, device=similarity.device)
+    pos = positive_index(two_d // 2, similarity.device)
     logits = similarity / temperature
     if hardness_aware:
-        return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), pos)
+        # In place (the division's backward does not need its output): no second (2D, 2D) copy, no mask.
+        logits.diagonal().fill_(float("-inf"))
+        return F.cross_entropy(logits, pos)
     positive = logits.gather(1, pos[:, None]).squeeze(1)
     # Every entry except self and the positive is a negative: 2D - 2 of them per row.
-    negative_sum = logits.masked_fill(self_mask, 0.0).sum(dim=1) - positive
+    negative_sum = logits.sum(dim=1) - logits.diagonal() - positive
     negative_mean = negative_sum / (two_d - 2)
     return (negative_mean - positive).mean()
 
