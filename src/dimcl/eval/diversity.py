@@ -127,22 +127,26 @@ def diversity_report(features: Tensor, prefix: str = "") -> dict[str, float]:
 
 
 @torch.no_grad()
-def diagnose(method: nn.Module, images: Tensor) -> dict[str, float]:
+def diagnose(method: nn.Module, images: Tensor, chunk_size: int = 256) -> dict[str, float]:
     """Diversity of the backbone features ``(N, F)`` and projector outputs ``(N, D)`` of ``images``.
 
     ``method`` is any method of :mod:`dimcl.methods` (it has ``.backbone`` and ``.projector``). It
     runs in eval mode, so BatchNorm uses its running statistics and the figures do not depend on how
     the batch is composed; its previous mode is restored afterwards. ``images`` ``(N, C, H, W)`` are
-    moved to the method's device. Keys: ``backbone_*`` and ``projector_*`` of :func:`diversity_report`.
+    moved to the method's device ``chunk_size`` at a time (224 px images would not fit at once).
+    Keys: ``backbone_*`` and ``projector_*`` of :func:`diversity_report`.
     """
     was_training = method.training
     method.eval()
     try:
         parameter = next(method.parameters(), None)
-        if parameter is not None:
-            images = images.to(parameter.device)
-        features = method.backbone(images)
-        projections = method.projector(features)
+        device = parameter.device if parameter is not None else images.device
+        features, projections = [], []
+        for chunk in images.split(chunk_size):
+            f = method.backbone(chunk.to(device))
+            features.append(f.cpu())
+            projections.append(method.projector(f).cpu())
+        features, projections = torch.cat(features), torch.cat(projections)
     finally:
         method.train(was_training)
     return {**diversity_report(features, "backbone_"), **diversity_report(projections, "projector_")}
