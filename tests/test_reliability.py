@@ -261,7 +261,7 @@ def test_corrupt_images_fail_with_the_path_or_are_skipped_and_counted(tmp_path):
     assert result.records[0]["bad_images_skipped"] >= 1
     proc = subprocess.run([DIMCL, "pretrain", "-o", str(tmp_path / "fail"), *overrides], capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 2 and "1.png" in proc.stderr or "broken.jpg" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and ("1.png" in proc.stderr or "broken.jpg" in proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 

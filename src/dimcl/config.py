@@ -253,15 +253,16 @@ def _set(cfg: Config, key: str, value: Any) -> None:
         node = getattr(node, part)
 
 
-def _flatten(prefix: str, mapping: dict[str, Any]) -> typing.Iterator[tuple[str, Any]]:
+def flatten_config(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"dimcl": {"weight": 0.1}}`` -> ``{"dimcl.weight": 0.1}``: nested sections to dotted keys."""
+    flat: dict[str, Any] = {}
     for key, value in mapping.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and full not in ("method",) and not full.startswith("method."):
-            yield from _flatten(full, value)
-        elif full == "method" and isinstance(value, dict):
-            yield from ((f"method.{k}", v) for k, v in value.items())
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, full))
         else:
-            yield full, value
+            flat[full] = value
+    return flat
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -292,7 +293,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise ConfigError(f"config file '{path}' is not valid YAML: {problem}{where}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
-        for key, value in _flatten("", data):
+        for key, value in flatten_config(data).items():
             _set(cfg, key, value)
     for text in overrides:
         _set(cfg, *parse_override(text))
@@ -303,7 +304,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config from :meth:`Config.to_dict` output (e.g. a run's config.yaml)."""
     cfg = Config()
-    for key, value in _flatten("", data):
+    for key, value in flatten_config(data).items():
         _set(cfg, key, value)
     validate(cfg)
     return cfg
@@ -420,6 +421,6 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, old value, new value) for every dotted key whose value differs."""
-    flat_old, flat_new = dict(_flatten("", old)), dict(_flatten("", new))
+    flat_old, flat_new = flatten_config(old), flatten_config(new)
     keys = sorted(set(flat_old) | set(flat_new))
     return [(k, flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)]

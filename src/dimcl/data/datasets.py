@@ -118,9 +118,14 @@ def build_dataset(
             f"data subset {subset} is larger than the {name} '{split}' split, which has {len(dataset)} "
             f"images; use a subset of at most {len(dataset)} or none."
         )
+    return seeded_subset(dataset, subset, seed)
+
+
+def seeded_subset(dataset: Dataset, size: int, seed: int) -> Subset:
+    """A fixed random subset of ``size`` items, the same for a given ``seed`` in every process."""
     generator = torch.Generator().manual_seed(seed)
     # Sorted so that reading stays in file order (matters for image folders on spinning disks).
-    indices = torch.randperm(len(dataset), generator=generator)[:subset].sort().values
+    indices = torch.randperm(len(dataset), generator=generator)[:size].sort().values
     return Subset(dataset, indices.tolist())
 
 

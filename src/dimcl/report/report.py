@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from dimcl.config import flatten_config
 from dimcl.run_dir import CONFIG, METRICS, read_metrics
 
 __all__ = [
@@ -111,16 +112,9 @@ def paired_interval(differences: list[float]) -> tuple[float, tuple[float, float
 # ---------------------------------------------------------------------------------------- run dirs
 
 
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"dimcl": {"weight": 0.1}}`` -> ``{"dimcl.weight": 0.1}``; lists become tuples (hashable)."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(_flatten(value, full))
-        else:
-            flat[full] = tuple(value) if isinstance(value, list) else value
-    return flat
+def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys (:func:`dimcl.config.flatten_config`) with lists made tuples, so values are hashable."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten_config(mapping).items()}
 
 
 @dataclass

@@ -56,12 +56,13 @@ class EpochProgress:
     probe_count: int = 0
     elapsed: float = 0.0
 
-    def add(self, terms: dict[str, float], out: dict[str, torch.Tensor]) -> None:
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        if "probe_count" in out:
-            self.probe_correct += int(out["probe_correct"])
-            self.probe_count += int(out["probe_count"])
+    def add(self, scalars: dict[str, float]) -> None:
+        for k, v in scalars.items():
+            if k.startswith("loss"):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        if "probe_count" in scalars:
+            self.probe_correct += round(scalars["probe_correct"])
+            self.probe_count += round(scalars["probe_count"])
         self.batches += 1
 
 
@@ -327,7 +328,8 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
                     out = model(views, labels)
                     total = out["loss"] + out["loss_probe"] if "loss_probe" in out else out["loss"]
                     fabric.backward(total / accumulate)
-                terms = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
+                scalars = _read_scalars(out)
+                terms = {k: v for k, v in scalars.items() if k.startswith("loss")}
                 if not all(math.isfinite(v) for v in terms.values()):
                     raise NonFiniteLossError(
                         f"the loss is not finite at epoch {epoch + 1}, batch {i + 1} of {len(loader)} (global "
@@ -335,7 +337,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
                         + f". The last good checkpoint ({ckpt_path}) is untouched; lower optim.lr, check the "
                         "data, or use trainer.precision=32."
                     )
-                progress.add(terms, out)
+                progress.add(scalars)
                 bar.update(1)
                 if accumulating:
                     continue
@@ -402,6 +404,16 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
         logger.finalize("success")
     fabric.barrier()
     return PretrainResult(records, pretrainer)
+
+
+def _read_scalars(out: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The step's loss terms and probe counts as Python numbers, with one device-to-host copy.
+
+    (A ``float()`` per term would wait for the device once per term, on every step.)
+    """
+    names = [k for k in out if k.startswith(("loss", "probe_"))]
+    values = torch.stack([out[k].detach().float() for k in names]).tolist()  # exact for float32 and counts
+    return dict(zip(names, values, strict=True))
 
 
 def _mean_over_ranks(fabric: Fabric, value: float) -> float:

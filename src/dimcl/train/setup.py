@@ -22,6 +22,7 @@ from dimcl.data import (
     eval_transform,
     labels_of,
 )
+from dimcl.data.datasets import seeded_subset
 from dimcl.data.views import ViewConfig
 from dimcl.methods import DimCLConfig, SSLMethod, build_method
 from dimcl.models import build_backbone
@@ -68,9 +69,8 @@ def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
         common = dict(download=cfg.data.download, on_bad_image=cfg.data.on_bad_image)
         full = build_dataset(cfg.data.name, cfg.data.root, name, transform, **common)
         n = cfg.data.eval_subset
-        if n is None or n >= len(full):
-            return full
-        return build_dataset(cfg.data.name, cfg.data.root, name, transform, subset=n, seed=cfg.seed, **common)
+        # The subset is drawn from the opened split: opening it a second time would read the files again.
+        return full if n is None or n >= len(full) else seeded_subset(full, n, cfg.seed)
 
     return split("train"), split("eval")
 
