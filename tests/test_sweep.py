@@ -9,10 +9,10 @@ import pytest
 import yaml
 from conftest import TINY_RUN
 
-from dimcl.config import ConfigError, parse_override
+from dimcl.config import ConfigError, load_config, parse_override
 from dimcl.recipes import resolve_recipe
 from dimcl.run_dir import BACKBONE, CHECKPOINT, METRICS, read_metrics
-from dimcl.sweep import SweepSpec, cell_name, cell_overrides, load_grid, run_sweep
+from dimcl.sweep import SweepSpec, cell_name, cell_overrides, cell_recipe, load_grid, run_sweep
 
 
 def write_grid(path, **content):
@@ -119,3 +119,22 @@ def test_sweep_runs_skips_and_resumes(tmp_path, tiny_fashion_mnist):
                        cells=[{"dimcl.weight": 0.0, "seed": 0}])
     with pytest.raises(ConfigError, match="optim.lr"):
         run_sweep(other, out, log=None)
+
+
+def test_recipe_can_vary_per_cell(tmp_path, tiny_fashion_mnist):
+    grid = write_grid(tmp_path / "grid.yaml", overrides=[f"data.root={tiny_fashion_mnist}"],
+                      grid={"recipe": ["fashion_mnist/byol", "fashion_mnist/simclr"], "seed": [0]},
+                      cells=[{"recipe": "fashion_mnist/vicreg", "dimcl.weight": 0.0, "seed": 1}])
+    spec = load_grid(grid)
+    configs = [load_config(cell_recipe(spec, cell), cell_overrides(spec, cell)) for cell in spec.cells]
+    assert [(c.method.name, c.seed, c.dimcl.weight) for c in configs] == [
+        ("byol", 0, 0.1), ("simclr", 0, 0.1), ("vicreg", 1, 0.0)]
+    # The recipe's own settings come with it (SimCLR's learning rate is not BYOL's), and it is no override.
+    assert configs[1].optim.lr != configs[0].optim.lr
+    assert not any(o.startswith("recipe=") for c in spec.cells for o in cell_overrides(spec, c))
+    names = [c["name"] for c in run_sweep(grid, tmp_path / "out", dry_run=True, log=None)]
+    assert names[0] == "recipe=fashion_mnist_byol,seed=0"
+
+    no_recipe = write_grid(tmp_path / "none.yaml", grid={"seed": [0]})
+    with pytest.raises(ConfigError, match="no recipe"):
+        run_sweep(no_recipe, tmp_path / "out2", dry_run=True, log=None)

@@ -57,7 +57,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from dimcl.sweep import run_sweep
 
-    run_sweep(args.grid, args.out, dry_run=args.dry_run)
+    if (args.grid is None) == (args.grid_option is None):
+        raise ConfigError("dimcl sweep: give the grid file once, as GRID or --grid GRID")
+    run_sweep(args.grid or args.grid_option, args.out, dry_run=args.dry_run)
     return 0
 
 
@@ -141,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a grid of configurations, resumably",
                        description="Runs every cell of a grid file one after another, each a normal run "
                        "directory; finished cells are skipped and interrupted ones resumed.")
-    p.add_argument("grid", help="the grid YAML file")
+    p.add_argument("grid", nargs="?", help="the grid YAML file (or --grid)")
+    p.add_argument("--grid", dest="grid_option", metavar="GRID", help="the grid YAML file")
     p.add_argument("--out", "-o", required=True, help="the sweep folder")
     p.add_argument("--dry-run", action="store_true", help="list the cells and what would run")
     p.set_defaults(func=_cmd_sweep)

@@ -15,6 +15,10 @@ A grid file (YAML)::
     diagnose_images: 1024               # the first images of the eval split the diagnostics use
     device: auto                        # where the evaluations run: auto (cuda if present), cpu, cuda, ...
 
+``recipe`` may also be a grid key or a key of an explicit cell, so one sweep can compare methods that
+each have their own recipe (``grid: {recipe: [fashion_mnist/byol, fashion_mnist/simclr], seed: [0, 1]}``);
+a cell's own recipe wins over the top-level one. Every cell must end up with a recipe.
+
 Every cell is a normal run directory ``<out>/<cell name>``; the name lists the cell's own keys,
 e.g. ``method.name=byol,dimcl.weight=0.1,seed=0``, so it is stable across calls and readable. A cell
 whose backbone is exported and whose metrics reach ``trainer.max_epochs`` is skipped; one with a
@@ -40,7 +44,7 @@ from dimcl.config import Config, ConfigError, config_differences, load_config
 from dimcl.recipes import resolve_recipe
 from dimcl.run_dir import BACKBONE, CHECKPOINT, CONFIG, read_metrics
 
-__all__ = ["SweepSpec", "cell_name", "cell_overrides", "load_grid", "run_sweep"]
+__all__ = ["SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid", "run_sweep"]
 
 SWEEP_FILE = "sweep.json"
 _GRID_KEYS = ("recipe", "config", "overrides", "grid", "cells", "linear", "diagnose", "diagnose_images", "device")
@@ -101,8 +105,21 @@ def cell_name(cell: dict[str, Any]) -> str:
 
 
 def cell_overrides(spec: SweepSpec, cell: dict[str, Any]) -> list[str]:
-    """The overrides of one cell: the sweep's shared ones, then the cell's own (which win)."""
-    return [*spec.overrides, *(f"{key}={_yaml_value(value)}" for key, value in cell.items())]
+    """The overrides of one cell: the sweep's shared ones, then the cell's own (which win).
+
+    A cell's ``recipe`` is not an override (it picks the base file, see :func:`cell_recipe`).
+    """
+    own = [f"{key}={_yaml_value(value)}" for key, value in cell.items() if key != "recipe"]
+    return [*spec.overrides, *own]
+
+
+def cell_recipe(spec: SweepSpec, cell: dict[str, Any]) -> Path:
+    """The recipe file of one cell: its own ``recipe`` key, else the sweep's."""
+    if "recipe" in cell:
+        return resolve_recipe(str(cell["recipe"]))
+    if spec.recipe is None:
+        raise ConfigError("no recipe: give 'recipe' (or 'config') at the top of the grid file, or in every cell")
+    return spec.recipe
 
 
 def _expand(grid: dict[str, list[Any]], explicit: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -265,7 +282,7 @@ def run_sweep(
             raise ConfigError(f"sweep cells {names[name]!r} and {cell!r} get the same directory name '{name}'")
         names[name] = cell
         try:
-            cfg = load_config(spec.recipe, cell_overrides(spec, cell))
+            cfg = load_config(cell_recipe(spec, cell), cell_overrides(spec, cell))
         except ConfigError as err:
             raise ConfigError(f"sweep cell '{name}': {err}") from None
         planned.append((name, cfg, cell))
