@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo clean
+.PHONY: test lint demo bench quality clean
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test: lint
 	$(PY) -m pytest -q
@@ -25,6 +25,15 @@ demo: $(STAMP)
 	@test -f $(FASHION_MNIST) || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
 	$(VENV)/bin/dimcl demo --out runs/demo
+
+# The speed benchmark (benchmarks/speed/README.md), about 30 minutes on a 2-core CPU.
+bench: $(STAMP)
+	bash benchmarks/speed/run.sh
+
+# The CPU results table (benchmarks/quality/README.md): a resumable sweep, then its report.
+quality: $(STAMP)
+	$(VENV)/bin/dimcl sweep --grid benchmarks/quality/fashion_mnist.yaml --out benchmarks/quality/results
+	$(VENV)/bin/dimcl report benchmarks/quality/results --out benchmarks/quality/report.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

@@ -19,7 +19,7 @@ from PIL import Image
 from dimcl.config import load_config
 from dimcl.data import BadImageError, build_dataset
 from dimcl.recipes import resolve_recipe
-from dimcl.run_dir import read_metrics
+from dimcl.run_dir import TIMING_KEYS, read_metrics
 from dimcl.train.checkpoint import CheckpointError, load_checkpoint
 from dimcl.train.loop import NonFiniteLossError, Pretrainer, pretrain
 
@@ -148,7 +148,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(longer_fashion_mnist, 
     resumed = subprocess.run([*_args(tiny_fashion_mnist, killed), "--resume"], capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    strip = ("epoch_time_s", "images_per_s")
+    strip = TIMING_KEYS
     got = [{k: v for k, v in r.items() if k not in strip} for r in read_metrics(killed)]
     want = [{k: v for k, v in r.items() if k not in strip} for r in read_metrics(full)]
     assert got == want
@@ -174,7 +174,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(longer_fashion_mnist, tmp_pa
     resumed = subprocess.run([*_args(tiny_fashion_mnist, stopped, *slow), "--resume"], capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    strip = ("epoch_time_s", "images_per_s")
+    strip = TIMING_KEYS
     got = [{k: v for k, v in r.items() if k not in strip} for r in read_metrics(stopped)]
     want = [{k: v for k, v in r.items() if k not in strip} for r in read_metrics(full)]
     assert got == want

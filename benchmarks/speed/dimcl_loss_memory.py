@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 
-CASES = [(256, 256), (2048, 256), (8192, 256), (2048, 1024), (8192, 1024)]  # (D, N)
+CASES = [(256, 256), (2048, 256), (8192, 256), (256, 1024), (2048, 1024), (8192, 1024)]  # (D, N)
 
 
 def _rss_mib() -> float:
@@ -63,6 +62,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out")
+    parser.add_argument("--md", help="Markdown table")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "D", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -78,10 +78,33 @@ def main() -> None:
             r = rows[-1]
             print(f"{impl:9s} D={d:5d} N={n:5d}  {r['median_s'] * 1000:8.1f} ms  "
                   f"peak extra {r['peak_extra_mib']:8.1f} MiB", flush=True)
-    result = {"machine": platform.processor() or platform.machine(), "rows": rows}
+    import torch
+    from step_speed import machine_name  # this script's folder is on sys.path when it runs
+
+    result = {"device": args.device, "machine": machine_name(args.device), "torch": torch.__version__, "rows": rows}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    by_case = {(r["D"], r["N"], r["implementation"]): r for r in result["rows"]}
+    lines = [f"Device: {result['device']} ({result['machine']}), torch {result['torch']}.", "",
+             "| D | N | plain (ms) | blockwise (ms) | time ratio | plain peak extra (MiB) | blockwise peak extra (MiB) "
+             "| memory ratio |", "|---|---|---|---|---|---|---|---|"]
+    for d, n in CASES:
+        plain, block = by_case.get((d, n, "plain")), by_case.get((d, n, "blockwise"))
+        if plain is None or block is None:
+            continue
+        lines.append(
+            f"| {d} | {n} | {plain['median_s'] * 1000:.1f} | {block['median_s'] * 1000:.1f} | "
+            f"{block['median_s'] / plain['median_s']:.2f} | {plain['peak_extra_mib']:.0f} | "
+            f"{block['peak_extra_mib']:.0f} | {block['peak_extra_mib'] / max(plain['peak_extra_mib'], 1e-9):.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

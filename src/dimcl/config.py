@@ -66,6 +66,9 @@ class DataConfig:
     num_workers: int = 2
     #: an image file that cannot be decoded: stop the run naming it (fail), or skip and count it (skip)
     on_bad_image: Literal["fail", "skip"] = "fail"
+    #: where the two views are augmented: per image in the loader workers (loader), or batched on the
+    #: training device after the transfer (device; for GPUs whose loader workers cannot keep up)
+    augment_on: Literal["loader", "device"] = "loader"
 
 
 @dataclass
@@ -106,6 +109,8 @@ class OptimConfig:
     classifier_lr: float = 0.1
     accumulate_grad_batches: int = 1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: PyTorch's fused SGD / AdamW kernels (None: on CUDA only); LARS updates all tensors at once off the CPU
+    fused: bool | None = None
 
 
 @dataclass
@@ -122,6 +127,10 @@ class TrainerConfig:
     tensorboard: bool = True
     #: also checkpoint every this many optimizer steps within an epoch (0: at epoch ends only)
     checkpoint_every_n_steps: int = 0
+    #: torch.compile the backbone, projector and predictor (opt-in: compiling takes a minute or more)
+    compile: bool = False
+    #: channels_last memory format for the convolutional backbone and its input batches
+    channels_last: bool = False
 
 
 @dataclass

@@ -21,6 +21,8 @@ CONFIG = "config.yaml"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
 BACKBONE = "backbone.safetensors"
+#: metrics that measure the machine, not the run: they differ between two runs of the same config
+TIMING_KEYS = ("epoch_time_s", "images_per_s", "data_wait_fraction")
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -29,6 +30,7 @@ def test_a_run_writes_its_directory(tiny_fashion_mnist, tmp_path):
     for key in ("loss", "loss_ssl", "loss_dimcl", "lr", "knn_top1", "knn_top5", "images_per_s", "probe_top1"):
         assert all(key in r for r in records), key
     assert all(0 <= r["knn_top1"] <= 100 for r in records)
+    assert all(0 <= r["data_wait_fraction"] <= 1 for r in records)
     # loss is the λ-weighted combination of its terms, averaged the same way
     r = records[-1]
     assert r["loss"] == pytest.approx(0.9 * r["loss_ssl"] + 0.1 * r["loss_dimcl"], rel=1e-5)
@@ -129,3 +131,28 @@ def _resume_from_epoch_one(root, full, tmp_path):
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     assert read_metrics(run)[0]["loss"] == full.records[0]["loss"]
     return resumed
+
+
+def test_channels_last_gives_the_same_run(tiny_fashion_mnist, tmp_path):
+    plain = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1"), tmp_path / "plain")
+    fast = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "trainer.channels_last=true"),
+                    tmp_path / "channels_last")
+    conv = next(m for m in fast.model.method.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for key in ("loss", "loss_ssl", "loss_dimcl"):
+        assert fast.records[0][key] == pytest.approx(plain.records[0][key], rel=1e-3), key
+
+
+def test_compile_is_opt_in_and_keeps_checkpoint_names(tiny_fashion_mnist, tmp_path, monkeypatch):
+    # TorchDynamo traces our networks for real; the "aot_eager" backend skips Inductor's C++ code
+    # generation, which takes minutes on a 2-core CPU and is PyTorch's own business.
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="aot_eager", **kw))
+    cfg = tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1")
+    plain = pretrain(cfg, tmp_path / "plain")
+    compiled = pretrain(dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, compile=True)),
+                        tmp_path / "compiled")
+    assert compiled.model.method.backbone._compiled_call_impl is not None
+    assert plain.model.method.backbone._compiled_call_impl is None
+    assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
+    assert compiled.records[0]["loss"] == pytest.approx(plain.records[0]["loss"], rel=1e-3)

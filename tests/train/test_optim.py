@@ -54,3 +54,25 @@ def test_warmup_cosine():
     assert values[4] == pytest.approx(1.0)
     assert values[7] == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi * 3 / 6)) / 2)
     assert all(a >= b for a, b in zip(values[4:], values[5:], strict=False))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_lars_multi_tensor_step_equals_the_per_tensor_loop(momentum):
+    torch.manual_seed(0)
+    shapes = [(8, 4), (4,), (3, 3, 2), (5,)]
+    start = [torch.randn(s) for s in shapes] + [torch.zeros(6, 2)]  # a zero weight: ratio 1
+    runs = {}
+    for foreach in (False, True):
+        params = [nn.Parameter(t.clone()) for t in start]
+        groups = [{"params": params[:3], "weight_decay": 1e-3},
+                  {"params": params[3:], "weight_decay": 0.0, "lars_exclude": True}]
+        opt = LARS(groups, lr=0.3, momentum=momentum, eta=0.02, foreach=foreach)
+        g = torch.Generator().manual_seed(1)
+        for step in range(4):
+            for i, p in enumerate(params):
+                # the last parameter gets no gradient on the first step and joins later
+                p.grad = None if (i == 4 and step == 0) else torch.randn(p.shape, generator=g)
+            opt.step()
+        runs[foreach] = [p.detach() for p in params]
+    for loop, multi in zip(runs[False], runs[True], strict=True):
+        torch.testing.assert_close(multi, loop, rtol=1e-6, atol=1e-7)

@@ -16,6 +16,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from dimcl.train.optim import build_optimizer, set_learning_rate
 from dimcl.train.schedules import warmup_cosine
 from dimcl.train.setup import (
     backbone_metadata,
+    build_device_views,
     build_eval_datasets,
     build_method_from_config,
     build_pretrain_dataset,
@@ -55,6 +57,8 @@ class EpochProgress:
     probe_correct: int = 0
     probe_count: int = 0
     elapsed: float = 0.0
+    #: seconds the loop waited for the loader (the rest of ``elapsed`` is compute and bookkeeping)
+    data_wait: float = 0.0
 
     def add(self, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
@@ -103,12 +107,17 @@ class StopSignals:
 class Pretrainer(nn.Module):
     """The method plus an online linear probe trained on detached features (one module for DDP)."""
 
-    def __init__(self, method: SSLMethod, probe: nn.Module | None):
+    def __init__(self, method: SSLMethod, probe: nn.Module | None, channels_last: bool = False):
         super().__init__()
         self.method = method
         self.probe = probe
+        self.channels_last = channels_last
+        if channels_last:
+            self.method.to(memory_format=torch.channels_last)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         out = self.method(views)
         if self.probe is not None:
             logits = self.probe(out["features"].detach())
@@ -223,6 +232,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
 
     # ---- data (all of it opened, and checked, before anything is written)
     dataset = build_pretrain_dataset(cfg)
+    device_views = build_device_views(cfg)  # data.augment_on=device: None, or raw batch -> views
     num_classes = num_classes_of(cfg, dataset)
     eval_sets = build_eval_datasets(cfg) if (cfg.eval.every > 0 or cfg.eval.diagnose) and num_classes else None
     diagnose_batch = None
@@ -246,11 +256,13 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
     probe = None
     if cfg.eval.online_probe and num_classes:
         probe = nn.Linear(method.backbone.num_features, num_classes)
-    pretrainer = Pretrainer(method, probe)
+    pretrainer = Pretrainer(method, probe, channels_last=t.channels_last)
     if t.sync_batchnorm and fabric.world_size > 1:
         pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(pretrainer)
         method = pretrainer.method
-    optimizer = build_optimizer(pretrainer.method, pretrainer.probe, cfg.optim, global_batch)
+    optimizer = build_optimizer(pretrainer.method, pretrainer.probe, cfg.optim, global_batch, fabric.device.type)
+    if t.compile:
+        compile_networks(method)
     model, optimizer = fabric.setup(pretrainer, optimizer)
     start_epoch, step = 0, 0
     if state is not None:
@@ -318,7 +330,9 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
             started = time.perf_counter() - progress.elapsed
             bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{t.max_epochs}",
                        disable=not (is_main and t.progress_bar), leave=False, dynamic_ncols=True)
-            for i, (views, labels) in enumerate(loader):
+            for i, (views, labels) in enumerate(_timed(loader, progress)):
+                if device_views is not None:  # before the skip, so a mid-epoch resume replays the random draws
+                    views = device_views(views)
                 if i < skip:
                     continue  # a mid-epoch resume replays the epoch's data stream up to where it stopped
                 accumulating = (i + 1) % accumulate != 0
@@ -373,6 +387,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
                 bad_images_before = bad
             record["images_per_s"] = progress.batches * global_batch / elapsed
             record["epoch_time_s"] = elapsed
+            record["data_wait_fraction"] = progress.data_wait / elapsed if elapsed > 0 else 0.0
             if progress.probe_count:
                 counts = torch.tensor([progress.probe_correct, progress.probe_count], dtype=torch.float64)
                 counts = fabric.all_reduce(counts, reduce_op="sum")
@@ -404,6 +419,27 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
         logger.finalize("success")
     fabric.barrier()
     return PretrainResult(records, pretrainer)
+
+
+def compile_networks(method: nn.Module) -> None:
+    """``torch.compile`` every network of the method in place (backbone, projector, predictor, momentum
+    copies): parameter names and checkpoints stay as without compiling. Loss modules hold no parameters."""
+    for child in method.children():
+        if any(True for _ in child.parameters()):
+            child.compile()
+
+
+def _timed(loader: Any, progress: EpochProgress) -> Iterator[Any]:
+    """The loader's batches, adding the time spent waiting for each to ``progress.data_wait``."""
+    batches = iter(loader)
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        progress.data_wait += time.perf_counter() - started
+        yield batch
 
 
 def _read_scalars(out: dict[str, torch.Tensor]) -> dict[str, float]:

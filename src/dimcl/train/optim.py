@@ -15,11 +15,13 @@ def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
 
 
 def build_optimizer(
-    method: nn.Module, probe: nn.Module | None, optim: OptimConfig, global_batch: int
+    method: nn.Module, probe: nn.Module | None, optim: OptimConfig, global_batch: int, device_type: str = "cpu"
 ) -> torch.optim.Optimizer:
     """Groups: weights; biases and norms (no decay, no LARS adaptation); the probe (its own lr, no decay).
 
     Every group keeps its peak learning rate in ``base_lr``; the loop multiplies the schedule in.
+    SGD and AdamW use PyTorch's fused kernels when ``optim.fused`` is true, or when it is unset and the
+    run is on ``device_type`` "cuda"; LARS takes its multi-tensor path off the CPU.
     """
     lr = scaled_lr(optim, global_batch)
     decay, no_decay = [], []
@@ -43,9 +45,10 @@ def build_optimizer(
         return LARS(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay, eta=optim.eta)
     for g in groups:
         g.pop("lars_exclude")
+    fused = optim.fused if optim.fused is not None else device_type == "cuda"
     if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, fused=fused)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None:

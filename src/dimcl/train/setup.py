@@ -23,6 +23,7 @@ from dimcl.data import (
     labels_of,
 )
 from dimcl.data.datasets import seeded_subset
+from dimcl.data.device_views import BatchMultiView, build_batch_views, raw_image_transform
 from dimcl.data.views import ViewConfig
 from dimcl.methods import DimCLConfig, SSLMethod, build_method
 from dimcl.models import build_backbone
@@ -50,12 +51,24 @@ def crop_size(cfg: Config) -> int:
 
 
 def build_pretrain_dataset(cfg: Config) -> Dataset:
+    """The pretraining split; items are (list of views, label), or (uint8 image, label) with augment_on=device."""
     info = dataset_info(cfg.data.name)
-    views = MultiViewTransform([build_view_transform(v, info) for v in view_configs(cfg.augment, info)])
+    if cfg.data.augment_on == "device":
+        transform = raw_image_transform(info, crop_size(cfg))  # views are made by build_device_views
+    else:
+        transform = MultiViewTransform([build_view_transform(v, info) for v in view_configs(cfg.augment, info)])
     return build_dataset(
-        cfg.data.name, cfg.data.root, "pretrain", views, subset=cfg.data.subset, seed=cfg.seed,
+        cfg.data.name, cfg.data.root, "pretrain", transform, subset=cfg.data.subset, seed=cfg.seed,
         download=cfg.data.download, on_bad_image=cfg.data.on_bad_image,
     )
+
+
+def build_device_views(cfg: Config) -> BatchMultiView | None:
+    """With ``data.augment_on=device``, the batched transform: uint8 batch -> list of views; else None."""
+    if cfg.data.augment_on != "device":
+        return None
+    info = dataset_info(cfg.data.name)
+    return build_batch_views(view_configs(cfg.augment, info), info)
 
 
 def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
