@@ -1,5 +1,6 @@
 """LARS, parameter groups and the per-step learning-rate schedule."""
 
+import copy
 import math
 
 import pytest
@@ -76,3 +77,26 @@ def test_lars_multi_tensor_step_equals_the_per_tensor_loop(momentum):
         runs[foreach] = [p.detach() for p in params]
     for loop, multi in zip(runs[False], runs[True], strict=True):
         torch.testing.assert_close(multi, loop, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_kernels_on_request_give_the_same_step(name):
+    torch.manual_seed(0)
+    start = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    results = {}
+    for fused in (False, True):
+        model = copy.deepcopy(start)
+        opt = build_optimizer(model, None, OptimConfig(name=name, lr=0.1, weight_decay=1e-3, fused=fused), 256)
+        assert all(g["fused"] is fused for g in opt.param_groups)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        results[fused] = [p.detach() for p in model.parameters()]
+    for plain, fused in zip(results[False], results[True], strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    # unset: fused only where the run is on CUDA
+    model = nn.Linear(2, 2)
+    assert build_optimizer(model, None, OptimConfig(name=name), 256, "cpu").param_groups[0]["fused"] is False
+    assert build_optimizer(model, None, OptimConfig(name=name), 256, "cuda").param_groups[0]["fused"] is True
