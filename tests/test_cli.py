@@ -77,3 +77,15 @@ def test_demo_runs_end_to_end_on_tiny_data(tiny_fashion_mnist, tmp_path):
     again = run_demo(out, [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "data.subset=null",
                            "data.eval_subset=null", "trainer.max_epochs=1"])
     assert again["runs"]["byol"]["records"] == result["runs"]["byol"]["records"]  # finished runs are reused
+
+
+def test_sweep_takes_the_grid_as_argument_or_option_but_once(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("recipe: fashion_mnist/byol\ngrid:\n  seed: [0, 1]\n")
+    for args in ([str(grid)], ["--grid", str(grid)]):
+        proc = dimcl("sweep", *args, "--out", str(tmp_path / "out"), "--dry-run")
+        assert proc.returncode == 0 and "[2/2] seed=1: would train" in proc.stdout, proc.stderr
+    for args in ([], [str(grid), "--grid", str(grid)]):
+        proc = dimcl("sweep", *args, "--out", str(tmp_path / "out"), "--dry-run")
+        assert proc.returncode == 2 and "give the grid file once" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
