@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/speed/run.sh
 #
-# Writes step_speed_cpu.{json,md}, dimcl_loss_memory_cpu.{json,md} and vs_lightly_cpu.json next to this
+# Writes step_speed_cpu.{json,md}, dimcl_loss_memory_cpu.{json,md} and vs_lightly_cpu.{json,md} next to this
 # file. The lightly comparison gets its own environment (benchmarks/speed/.venv-lightly, set up on the
 # first run; lightly is never a dependency of dimcl). SKIP_LIGHTLY=1 leaves it out.
 set -euo pipefail
@@ -19,6 +19,6 @@ started=$(date +%s)
 if [ "${SKIP_LIGHTLY:-0}" != 1 ]; then
     bash "$here/setup_lightly_env.sh"
     "$here/.venv-lightly/bin/python" "$here/vs_lightly.py" --device cpu --batch 64 --images 512 --workers 2 \
-        --repeats 1 --out "$here/vs_lightly_cpu.json"
+        --repeats 1 --out "$here/vs_lightly_cpu.json" --md "$here/vs_lightly_cpu.md"
 fi
 echo "run.sh: done in $(( $(date +%s) - started )) s"

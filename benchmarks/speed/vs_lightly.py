@@ -50,7 +50,6 @@ import inspect
 import json
 import os
 import pickle
-import platform
 import statistics
 import sys
 import tempfile
@@ -79,7 +78,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum  # no
 from lightly.transforms import SimCLRTransform  # noqa: E402
 from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform  # noqa: E402
 from lightly.utils.scheduler import cosine_schedule  # noqa: E402
-from step_speed import write_random_cifar10  # noqa: E402
+from step_speed import machine_name, write_random_cifar10  # noqa: E402
 
 from dimcl.config import load_config  # noqa: E402
 from dimcl.data import dataset_info  # noqa: E402
@@ -269,18 +268,6 @@ def ours_epoch(method: str, root: Path, out: Path, batch: int, workers: int, dev
 # ---------------------------------------------------------------------------------------------- main
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -291,6 +278,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps of a throwaway model first")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out")
+    parser.add_argument("--md", help="Markdown table")
     args = parser.parse_args()
     if args.images < args.batch:
         parser.error("--images must be at least --batch (drop_last)")
@@ -345,7 +333,7 @@ def main() -> None:
         "torchvision": torchvision.__version__,
         "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "machine": machine(),
+        "machine": machine_name(args.device),
         "torch_threads": threads,
         "precision": "float32",
         "batch": args.batch,
@@ -356,18 +344,19 @@ def main() -> None:
         "optimizer": "recipe's LARS via dimcl.train.optim.build_optimizer, both sides",
         "rows": rows,
     }
-    print()
     where = result["gpu"] or result["machine"]
-    print(f"lightly {result['lightly']}, torch {result['torch']}, {args.device} ({where}), "
-          f"batch {args.batch}, {args.images} images, {args.workers} workers, float32, median of {args.repeats}")
-    print()
-    print("| method | lightly (img/s) | dimcl (img/s) | ratio dimcl / lightly | dimcl +DimCL λ=0.1 (img/s) "
-          "| ratio +DimCL / lightly |")
-    print("|---|---|---|---|---|---|")
+    lines = [f"lightly {result['lightly']}, torch {result['torch']}, {args.device} ({where}), batch {args.batch}, "
+             f"{args.images} images, {args.workers} workers, float32, median of {args.repeats}", "",
+             "| method | lightly (img/s) | dimcl (img/s) | ratio dimcl / lightly | dimcl +DimCL λ=0.1 (img/s) "
+             "| ratio +DimCL / lightly |", "|---|---|---|---|---|---|"]
     for row in rows:
-        print(f"| {row['method']} | {row['lightly_images_per_s']:.1f} | {row['ours_images_per_s']:.1f} "
-              f"| {row['ratio_ours_over_lightly']:.2f} | {row['ours_dimcl_images_per_s']:.1f} "
-              f"| {row['ratio_ours_dimcl_over_lightly']:.2f} |")
+        lines.append(f"| {row['method']} | {row['lightly_images_per_s']:.1f} | {row['ours_images_per_s']:.1f} "
+                     f"| {row['ratio_ours_over_lightly']:.2f} | {row['ours_dimcl_images_per_s']:.1f} "
+                     f"| {row['ratio_ours_dimcl_over_lightly']:.2f} |")
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    if args.md:
+        Path(args.md).write_text(table)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
