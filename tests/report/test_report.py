@@ -121,6 +121,12 @@ def test_report_markdown_and_plots(sweep, tmp_path):
     half = 4.302652730 * 0.5 / math.sqrt(3)
     assert f"| +1.50 | [{1.5 - half:+.2f}, {1.5 + half:+.2f}] |" in markdown
     assert "3 (0, 1, 2)" in markdown
+    # the summary: means over the paired seeds 0-2 (base 80, 82, 84; +DimCL 81, 84, 85.5), Δ and its interval
+    summary = markdown.split("## Summary: +DimCL against its baseline")[1].split("## ")[0]
+    byol_row = next(line for line in summary.splitlines() if line.startswith("| byol |"))
+    assert f"| 82.00 → 83.50, +1.50 [{1.5 - half:+.2f}, {1.5 + half:+.2f}] |" in byol_row
+    assert "| 70.00 → 72.50, +2.50 |" in byol_row  # linear: one pair, no interval
+    assert "λ=0.1, τ=0.1, InfoNCE" in byol_row and "| 0, 1, 2 |" in byol_row
     assert "n=1, no interval" in markdown
     for name in ("knn_top1_byol.png", "effective_rank_byol.png", "knn_top1_simclr.png"):
         assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -388,6 +388,42 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
+def _summary_table(comparisons: list[Comparison]) -> list[str]:
+    """One row per +DimCL configuration and its baseline: each compared figure as base -> +DimCL (means
+    over the paired seeds) and the paired difference with its 95% interval."""
+    pairs: dict[tuple[str, str], dict[str, Comparison]] = {}
+    for c in comparisons:
+        pairs.setdefault((c.dimcl.label, c.base.label), {})[c.figure] = c
+    if not pairs:
+        return []
+    decimals_of = {key: decimals for key, _, decimals in FIGURES}
+    titles = {key: title for key, title, _ in FIGURES}
+    figures = [f for f in COMPARED if any(f in by_figure for by_figure in pairs.values())]
+    header = ["method", "+DimCL", "seeds", *(f"{titles[f]}: base → +DimCL, Δ [95% CI]" for f in figures)]
+    lines = ["## Summary: +DimCL against its baseline", "",
+             "Means over the seeds both configurations have; Δ is the mean paired difference (+DimCL − base) "
+             "with its 95% confidence interval (details below).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for by_figure in pairs.values():
+        first = next(iter(by_figure.values()))
+        cells = []
+        for f in figures:
+            c = by_figure.get(f)
+            if c is None:
+                cells.append("–")
+                continue
+            d = decimals_of[f]
+            with_dimcl, without = _first_by_seed(c.dimcl, f), _first_by_seed(c.base, f)
+            keys = [k for k in with_dimcl if k in without]
+            base_mean = sum(without[k].figures[f] for k in keys) / len(keys)
+            dimcl_mean = sum(with_dimcl[k].figures[f] for k in keys) / len(keys)
+            interval = "" if c.interval is None else f" [{c.interval[0]:+.{d}f}, {c.interval[1]:+.{d}f}]"
+            cells.append(f"{base_mean:.{d}f} → {dimcl_mean:.{d}f}, {c.mean:+.{d}f}{interval}")
+        lines.append(f"| {first.method} | {_dimcl_label(first.dimcl)} | {_seeds_text(first.seeds)} | "
+                     + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> str:
     """Write the Markdown report of the runs under ``sweep_dir`` to ``out_path`` and return it.
 
@@ -410,6 +446,9 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
     if not runs:
         lines.append("No run directories (folders with a config.yaml) were found.")
 
+    comparisons = compare_groups(groups)
+    lines += _summary_table(comparisons)
+
     shown = [(key, title, decimals) for key, title, decimals in FIGURES if any(g.values(key) for g in groups)]
     if groups:
         lines += ["## Results per configuration", ""]
@@ -425,7 +464,6 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
 
-    comparisons = compare_groups(groups)
     if comparisons:
         decimals_of = {key: decimals for key, _, decimals in FIGURES}
         titles = {key: title for key, title, _ in FIGURES}
