@@ -428,6 +428,16 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+#: keys that change only what a run shows or logs, how often it saves, or how fast it goes (up to the
+#: order of floating-point operations): runs that differ in them are the same experiment, and a run may
+#: be resumed with other values of them
+RUN_ONLY_KEYS = frozenset({
+    "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard", "trainer.checkpoint_every_n_steps",
+    "trainer.compile", "trainer.channels_last", "optim.fused", "data.num_workers", "data.on_bad_image",
+    "data.augment_on",
+})
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, old value, new value) for every dotted key whose value differs."""
     flat_old, flat_new = flatten_config(old), flatten_config(new)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from dimcl.config import Config, ConfigError, config_differences, load_config
+from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, load_config
 from dimcl.recipes import resolve_recipe
 from dimcl.run_dir import BACKBONE, CHECKPOINT, CONFIG, read_metrics
 
@@ -49,10 +49,7 @@ __all__ = ["SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid
 SWEEP_FILE = "sweep.json"
 _GRID_KEYS = ("recipe", "config", "overrides", "grid", "cells", "linear", "diagnose", "diagnose_images", "device")
 #: keys that may differ between a finished run and its cell without making it another experiment
-_BOOKKEEPING = {
-    "trainer.max_epochs", "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard",
-    "trainer.checkpoint_every_n_steps", "data.num_workers", "data.on_bad_image", "data.root", "data.download",
-}
+_BOOKKEEPING = RUN_ONLY_KEYS | {"trainer.max_epochs", "data.root", "data.download"}
 
 
 @dataclass

@@ -45,9 +45,9 @@ def sweep(tmp_path):
              files={"linear.json": {"linear_top1": 70.0}})
     # With λ = 0 the other dimcl.* keys change nothing: still the same baseline.
     make_run(root / "byol" / "base" / "s3", "byol", 0, 3, [50, 90], rank=[3, 4], extra=["dimcl.temperature=0.5"])
-    # Bookkeeping keys differ: still the same experiment.
+    # Bookkeeping and speed keys differ: still the same experiment.
     make_run(root / "deeper" / "still" / "s1", "byol", 0, 1, [50, 82], rank=[3, 4],
-             extra=["trainer.progress_bar=false", "data.root=/elsewhere"])
+             extra=["trainer.progress_bar=false", "data.root=/elsewhere", "trainer.compile=true"])
     # BYOL + DimCL, seeds 0-2: differences 1, 2, 1.5 against the baseline of the same seed.
     make_run(root / "byol" / "dimcl" / "s0", "byol", 0.1, 0, [55, 81], rank=[4, 6],
              files={"linear.json": {"linear_top1": 72.5}, "diversity.json": {"backbone_effective_rank": 9.0}})

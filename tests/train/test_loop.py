@@ -89,8 +89,9 @@ def test_refuses_to_overwrite_a_run_and_resume_checks_the_config(tiny_fashion_mn
         pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0", "dimcl.weight=0.2"),
                  tmp_path, resume=True)
     assert (tmp_path / "metrics.jsonl").read_text() == before
-    # Training longer is allowed: the schedule is stretched.
-    result = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=2", "eval.every=0"), tmp_path, resume=True)
+    # Training longer is allowed (the schedule is stretched), and so is switching a speed setting.
+    result = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=2", "eval.every=0",
+                                  "trainer.channels_last=true"), tmp_path, resume=True)
     assert [r["epoch"] for r in result.records] == [2]
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     assert json.loads(before)["epoch"] == 1

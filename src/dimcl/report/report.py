@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from dimcl.config import flatten_config
+from dimcl.config import RUN_ONLY_KEYS, flatten_config
 from dimcl.run_dir import CONFIG, METRICS, read_metrics
 
 __all__ = [
@@ -37,12 +37,7 @@ __all__ = [
 ]
 
 #: keys that tell runs of the same experiment apart without changing it: not used for grouping
-IGNORED_KEYS = frozenset({
-    "seed",
-    "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard", "trainer.checkpoint_every_n_steps",
-    "trainer.accelerator", "trainer.strategy",
-    "data.root", "data.download", "data.num_workers", "data.on_bad_image",
-})
+IGNORED_KEYS = RUN_ONLY_KEYS | {"seed", "trainer.accelerator", "trainer.strategy", "data.root", "data.download"}
 
 #: (key, column title, decimals) of the figures reported per group, in table order
 FIGURES = (

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dimcl.config import Config, ConfigError, config_differences, save_config
+from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, save_config
 from dimcl.data import bad_image_count
 from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
@@ -147,8 +147,7 @@ def _loggers(cfg: Config, out_dir: Path) -> list:
 
 def _check_resume(cfg: Config, state: dict[str, Any]) -> list[str]:
     """Refuse a checkpoint of another config; a larger ``trainer.max_epochs`` is allowed, with a notice."""
-    allowed = {"trainer.max_epochs", "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard",
-               "trainer.checkpoint_every_n_steps", "data.num_workers", "data.on_bad_image"}
+    allowed = RUN_ONLY_KEYS | {"trainer.max_epochs"}
     diffs = config_differences(state["config"], cfg.to_dict())
     blocking = [d for d in diffs if d[0] not in allowed]
     if blocking:
