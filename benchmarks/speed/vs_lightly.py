@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
-import inspect
 import json
 import os
 import pickle
@@ -182,10 +181,7 @@ def lightly_transform(method: str, cfg):
 
 def method_settings(method: str, cfg) -> SimpleNamespace:
     """The recipe's method options (widths, temperature, lambda, momentum) over the method's defaults."""
-    options = getattr(cfg.method, "options", None)
-    if options is None:  # flat method section
-        options = {k: v for k, v in vars(cfg.method).items() if k != "name"}
-    return SimpleNamespace(**{**method_options(method), **options})
+    return SimpleNamespace(**{**method_options(method), **cfg.method.options})
 
 
 def lightly_model(method: str, cfg) -> tuple[nn.Module, nn.Module]:
@@ -202,9 +198,7 @@ def lightly_model(method: str, cfg) -> tuple[nn.Module, nn.Module]:
 
 def recipe_optimizer(model: nn.Module, cfg, batch: int, device: str) -> torch.optim.Optimizer:
     """The recipe's optimizer (LARS, its parameter groups and scaled lr), as our loop builds it."""
-    if "device_type" in inspect.signature(build_optimizer).parameters:
-        return build_optimizer(model, None, cfg.optim, batch, device_type=device)
-    return build_optimizer(model, None, cfg.optim, batch)
+    return build_optimizer(model, None, cfg.optim, batch, device_type=device)
 
 
 def sync(device: str) -> None:
