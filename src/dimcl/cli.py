@@ -55,11 +55,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from dimcl.sweep import run_sweep
+    from dimcl.sweep import parse_shard, run_sweep
 
     if (args.grid is None) == (args.grid_option is None):
         raise ConfigError("dimcl sweep: give the grid file once, as GRID or --grid GRID")
-    run_sweep(args.grid or args.grid_option, args.out, dry_run=args.dry_run)
+    run_sweep(args.grid or args.grid_option, args.out, dry_run=args.dry_run, shard=parse_shard(args.shard))
     return 0
 
 
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", dest="grid_option", metavar="GRID", help="the grid YAML file")
     p.add_argument("--out", "-o", required=True, help="the sweep folder")
     p.add_argument("--dry-run", action="store_true", help="list the cells and what would run")
+    p.add_argument("--shard", metavar="K/N", help="run only every N-th cell, starting with the K-th (1 <= K <= N): "
+                   "N sweeps with K = 1..N share a grid without running a cell twice")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="Markdown report with seeds, paired differences and plots",

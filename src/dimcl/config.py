@@ -61,6 +61,10 @@ class DataConfig:
     subset: int | None = None
     #: evaluate (kNN bank and test split) on seeded subsets of this many images
     eval_subset: int | None = None
+    #: hold out this many images of the labelled training split as a validation set (the same images
+    #: for every seed): pretraining, the kNN bank and the linear probe use the rest, and every evaluation
+    #: scores the held-out images instead of the test split. For tuning recipes without seeing the test set.
+    val_size: int = 0
     #: per device
     batch_size: int = 256
     num_workers: int = 2
@@ -373,6 +377,10 @@ def validate(cfg: Config) -> None:
     for key in ("subset", "eval_subset"):
         value = getattr(cfg.data, key)
         _require(value is None or value >= 1, f"data.{key}", value, "it must be null or a positive count")
+    _require(
+        cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size,
+        "it must be >= 0 (0: evaluate on the test split, N: on N images held out from the training split)",
+    )
     _require(t.max_epochs >= 1, "trainer.max_epochs", t.max_epochs, "it must be a positive number of epochs")
     _require(t.devices >= 1, "trainer.devices", t.devices, "it must be >= 1")
     _require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "it must be >= 1")
@@ -439,7 +447,13 @@ RUN_ONLY_KEYS = frozenset({
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, old value, new value) for every dotted key whose value differs."""
-    flat_old, flat_new = flatten_config(old), flatten_config(new)
+    """(key, old value, new value) for every dotted key whose value differs.
+
+    A key that one side lacks counts as the default value: a config saved before the key existed
+    describes the same experiment as one with the key at its default.
+    """
+    defaults = flatten_config(Config().to_dict())
+    flat_old = {**defaults, **flatten_config(old)}
+    flat_new = {**defaults, **flatten_config(new)}
     keys = sorted(set(flat_old) | set(flat_new))
     return [(k, flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)]

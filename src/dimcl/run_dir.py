@@ -4,6 +4,7 @@
     <run>/metrics.jsonl               one JSON record per epoch, appended
     <run>/checkpoints/last.ckpt       resumable state, replaced atomically every epoch
     <run>/backbone.safetensors        the trained backbone, exported at the end
+    <run>/provenance.jsonl            what the run ran on (dimcl commit, versions, machine), a line per start
     <run>/logs/, <run>/tensorboard/   Fabric's CSV and TensorBoard loggers
 """
 
@@ -21,6 +22,7 @@ CONFIG = "config.yaml"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
 BACKBONE = "backbone.safetensors"
+PROVENANCE = "provenance.jsonl"
 #: metrics that measure the machine, not the run: they differ between two runs of the same config
 TIMING_KEYS = ("epoch_time_s", "images_per_s", "data_wait_fraction")
 
@@ -50,6 +52,26 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     with open(Path(run_dir) / METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def append_provenance(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Add one start (or resume) of the run: see :func:`dimcl.provenance.provenance`."""
+    with open(Path(run_dir) / PROVENANCE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_provenance(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every start of the run, oldest first (empty for runs made before it was recorded)."""
+    path = Path(run_dir) / PROVENANCE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a kill
+    return records
 
 
 def restore_metrics(run_dir: str | Path, checkpoint_record: dict[str, Any]) -> None:

@@ -23,6 +23,10 @@ Every cell is a normal run directory ``<out>/<cell name>``; the name lists the c
 e.g. ``method.name=byol,dimcl.weight=0.1,seed=0``, so it is stable across calls and readable. A cell
 whose backbone is exported and whose metrics reach ``trainer.max_epochs`` is skipped; one with a
 checkpoint is resumed. ``<out>/sweep.json`` lists the cells and their status, rewritten after each.
+
+``shard=(K, N)`` runs every N-th cell starting with the K-th, so that N processes (one per core, one per
+machine, or an array job) share one grid without running a cell twice; each writes
+``<out>/sweep-K-of-N.json``.
 """
 
 from __future__ import annotations
@@ -242,11 +246,24 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _write_sweep_file(out_dir: Path, grid_file: Path, cells: list[dict[str, Any]]) -> None:
+def _write_sweep_file(
+    out_dir: Path, grid_file: Path, cells: list[dict[str, Any]], shard: tuple[int, int] | None
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps({"grid_file": str(grid_file), "cells": cells}, indent=2) + "\n")
-    os.replace(tmp, out_dir / SWEEP_FILE)  # a reader never sees half a file
+    name = SWEEP_FILE if shard is None else SWEEP_FILE.replace(".json", f"-{shard[0]}-of-{shard[1]}.json")
+    tmp = out_dir / f".{name}.tmp"
+    tmp.write_text(json.dumps({"grid_file": str(grid_file), "shard": shard, "cells": cells}, indent=2) + "\n")
+    os.replace(tmp, out_dir / name)  # a reader never sees half a file
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/4"`` -> ``(2, 4)``; None stays None."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ConfigError(f"--shard '{text}' is not K/N with 1 <= K <= N, e.g. --shard 1/2 and --shard 2/2")
+    return int(match[1]), int(match[2])
 
 
 def run_sweep(
@@ -254,6 +271,7 @@ def run_sweep(
     out_dir: str | Path,
     dry_run: bool = False,
     log: Callable[[str], None] | None = print,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell of ``grid_file`` into ``out_dir/<cell name>``; returns one dict per cell.
 
@@ -283,6 +301,9 @@ def run_sweep(
         except ConfigError as err:
             raise ConfigError(f"sweep cell '{name}': {err}") from None
         planned.append((name, cfg, cell))
+    if shard is not None:
+        k, n = shard
+        planned = planned[k - 1 :: n]
 
     states, results = [], []
     for name, cfg, cell in planned:
@@ -308,7 +329,7 @@ def run_sweep(
             say(f"[{index}/{len(results)}] {name}: {'resuming' if resume else 'training'}")
             result["status"] = "running"
             if main:
-                _write_sweep_file(out_dir, grid_file, results)
+                _write_sweep_file(out_dir, grid_file, results, shard)
             try:
                 pretrain(cfg, run_dir, resume=resume)
             except NonFiniteLossError as err:
@@ -323,7 +344,7 @@ def run_sweep(
                 raise
             finally:
                 if main:
-                    _write_sweep_file(out_dir, grid_file, results)
+                    _write_sweep_file(out_dir, grid_file, results, shard)
             result["status"] = "resumed" if resume else "trained"
         else:
             say(f"[{index}/{len(results)}] {name}: finished already, skipped")
@@ -334,5 +355,5 @@ def run_sweep(
             if spec.diagnose and (trains or not (run_dir / "diversity.json").is_file()):
                 diagnose_run(run_dir, num_images=spec.diagnose_images, device=device)
             result.update(_summary(run_dir))
-            _write_sweep_file(out_dir, grid_file, results)
+            _write_sweep_file(out_dir, grid_file, results, shard)
     return results

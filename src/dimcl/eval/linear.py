@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dimcl.config import Config, ConfigError
-from dimcl.data import ViewConfig, build_dataset, build_view_transform, dataset_info, labels_of
+from dimcl.data import ViewConfig, build_view_transform, dataset_info, labels_of
 from dimcl.eval.knn import extract_features
 from dimcl.eval.offline import load_trained_backbone, run_dir_of
 from dimcl.train.checkpoint import save_atomic
-from dimcl.train.setup import build_eval_datasets, crop_size, num_classes_of
+from dimcl.train.setup import build_eval_datasets, crop_size, labelled_splits, num_classes_of
 
 __all__ = [
     "augmented_linear_eval",
@@ -251,14 +251,8 @@ def _augmented_train_set(cfg: Config) -> Dataset:
         size, (0.08, 1.0), horizontal_flip=0.5, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
         color_jitter_prob=0.0, grayscale_prob=0.0, gaussian_blur_prob=0.0, solarization_prob=0.0,
     )
-    transform = build_view_transform(view, info)
-    common = dict(download=cfg.data.download, on_bad_image=cfg.data.on_bad_image)
-    full = build_dataset(cfg.data.name, cfg.data.root, "train", transform, **common)
-    n = cfg.data.eval_subset
-    if n is None or n >= len(full):
-        return full
-    # The same seeded subset as build_eval_datasets draws, so both protocols see the same images.
-    return build_dataset(cfg.data.name, cfg.data.root, "train", transform, subset=n, seed=cfg.seed, **common)
+    # The same images (validation hold-out, seeded subset) as build_eval_datasets, so both protocols agree.
+    return labelled_splits(cfg, build_view_transform(view, info))[0]
 
 
 def augmented_linear_eval(

@@ -33,7 +33,8 @@ from dimcl.data import bad_image_count
 from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.methods import SSLMethod, cosine_momentum
-from dimcl.run_dir import BACKBONE, CHECKPOINT, append_metrics, restore_metrics
+from dimcl.provenance import provenance
+from dimcl.run_dir import BACKBONE, CHECKPOINT, append_metrics, append_provenance, restore_metrics
 from dimcl.train.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 from dimcl.train.optim import build_optimizer, set_learning_rate
@@ -289,6 +290,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
     if is_main:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
+        append_provenance(out_dir, {**provenance(fabric.device), "resumed_at_epoch": start_epoch if resume else None})
         if state is not None and state["metrics"] is not None:
             restore_metrics(out_dir, state["metrics"])
     fabric.barrier()

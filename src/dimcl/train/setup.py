@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from dimcl.config import AugmentConfig, Config
+from dimcl.config import AugmentConfig, Config, ConfigError
 from dimcl.data import (
     DatasetInfo,
     MultiViewTransform,
@@ -50,17 +51,52 @@ def crop_size(cfg: Config) -> int:
     return cfg.augment.crop_size or dataset_info(cfg.data.name).image_size
 
 
+#: data.val_size draws its held-out images with this seed, whatever the run's seed: runs of every seed
+#: are tuned and compared on the same validation images
+VALIDATION_SEED = 2023
+
+
+def validation_split(num_train: int, val_size: int) -> tuple[list[int], list[int]]:
+    """``(kept, held_out)`` indices of a labelled training split of ``num_train`` images (each sorted)."""
+    if val_size >= num_train:
+        raise ConfigError(
+            f"data.val_size={val_size} holds out the whole training split ({num_train} images); keep it below "
+            f"{num_train}, or 0 to evaluate on the test split"
+        )
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[val_size:].sort().values.tolist(), order[:val_size].sort().values.tolist()
+
+
+def _seeded_subset_of(dataset: Dataset, size: int | None, seed: int, key: str) -> Dataset:
+    if size is None:
+        return dataset
+    if size > len(dataset):
+        raise ConfigError(
+            f"{key}={size} is larger than the {len(dataset)} images it is drawn from; lower it or set it to null"
+        )
+    return seeded_subset(dataset, size, seed)
+
+
 def build_pretrain_dataset(cfg: Config) -> Dataset:
-    """The pretraining split; items are (list of views, label), or (uint8 image, label) with augment_on=device."""
+    """The pretraining split; items are (list of views, label), or (uint8 image, label) with augment_on=device.
+
+    With ``data.val_size`` the held-out validation images are left out (the pretraining split starts
+    with the labelled training split in every dataset; STL-10's unlabelled images follow it).
+    """
     info = dataset_info(cfg.data.name)
     if cfg.data.augment_on == "device":
         transform = raw_image_transform(info, crop_size(cfg))  # views are made by build_device_views
     else:
         transform = MultiViewTransform([build_view_transform(v, info) for v in view_configs(cfg.augment, info)])
-    return build_dataset(
-        cfg.data.name, cfg.data.root, "pretrain", transform, subset=cfg.data.subset, seed=cfg.seed,
-        download=cfg.data.download, on_bad_image=cfg.data.on_bad_image,
-    )
+    common = dict(download=cfg.data.download, on_bad_image=cfg.data.on_bad_image)
+    if not cfg.data.val_size:
+        return build_dataset(cfg.data.name, cfg.data.root, "pretrain", transform, subset=cfg.data.subset,
+                             seed=cfg.seed, **common)
+    full = build_dataset(cfg.data.name, cfg.data.root, "pretrain", transform, **common)
+    num_train = len(build_dataset(cfg.data.name, cfg.data.root, "train", None, **common))
+    kept, _ = validation_split(num_train, cfg.data.val_size)
+    remaining = Subset(full, kept + list(range(num_train, len(full))))
+    return _seeded_subset_of(remaining, cfg.data.subset, cfg.seed, "data.subset")
 
 
 def build_device_views(cfg: Config) -> BatchMultiView | None:
@@ -71,21 +107,28 @@ def build_device_views(cfg: Config) -> BatchMultiView | None:
     return build_batch_views(view_configs(cfg.augment, info), info)
 
 
-def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
-    """(kNN bank / probe training set, evaluation set) with the deterministic evaluation transform.
+def labelled_splits(cfg: Config, transform: Any) -> tuple[Dataset, Dataset]:
+    """(labelled training images, evaluation images), both with ``transform``.
 
-    ``data.eval_subset`` takes a seeded subset of each; one larger than a split means the whole split.
+    The evaluation images are the test split, or with ``data.val_size`` the images held out from the
+    training split (which the first then lacks). ``data.eval_subset`` takes a seeded subset of each; one
+    larger than a split means the whole split.
     """
-    transform = eval_transform(dataset_info(cfg.data.name), crop_size(cfg))
+    common = dict(download=cfg.data.download, on_bad_image=cfg.data.on_bad_image)
+    train = build_dataset(cfg.data.name, cfg.data.root, "train", transform, **common)
+    if cfg.data.val_size:
+        kept, held_out = validation_split(len(train), cfg.data.val_size)
+        train, evaluation = Subset(train, kept), Subset(train, held_out)
+    else:
+        evaluation = build_dataset(cfg.data.name, cfg.data.root, "eval", transform, **common)
+    n = cfg.data.eval_subset
+    # Subsets are drawn from the opened splits: opening them a second time would read the files again.
+    return tuple(d if n is None or n >= len(d) else seeded_subset(d, n, cfg.seed) for d in (train, evaluation))
 
-    def split(name: str) -> Dataset:
-        common = dict(download=cfg.data.download, on_bad_image=cfg.data.on_bad_image)
-        full = build_dataset(cfg.data.name, cfg.data.root, name, transform, **common)
-        n = cfg.data.eval_subset
-        # The subset is drawn from the opened split: opening it a second time would read the files again.
-        return full if n is None or n >= len(full) else seeded_subset(full, n, cfg.seed)
 
-    return split("train"), split("eval")
+def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
+    """(kNN bank / probe training set, evaluation set) with the deterministic evaluation transform."""
+    return labelled_splits(cfg, eval_transform(dataset_info(cfg.data.name), crop_size(cfg)))
 
 
 def num_classes_of(cfg: Config, dataset: Dataset) -> int | None:
