@@ -34,8 +34,9 @@ def fixed_config():
 
 
 def fixed_batch():
+    """Two views of the fixed global batch, (GLOBAL_BATCH, 1, 28, 28) float64."""
     g = torch.Generator().manual_seed(123)
-    return [torch.randn(GLOBAL_BATCH, 1, 28, 28, generator=g) for _ in range(2)]
+    return [torch.randn(GLOBAL_BATCH, 1, 28, 28, generator=g, dtype=torch.float64) for _ in range(2)]
 
 
 def freeze_batchnorm_statistics(module: torch.nn.Module) -> None:
@@ -74,7 +75,7 @@ def main() -> None:
     fabric.launch()
     torch.manual_seed(0)
     cfg = fixed_config()
-    method = build_method_from_config(cfg)
+    method = build_method_from_config(cfg).double()  # float64: see the test for why the comparison needs it
     pretrainer = Pretrainer(method, None)
     optimizer = build_optimizer(method, None, cfg.optim, GLOBAL_BATCH)
     model, optimizer = fabric.setup(pretrainer, optimizer)

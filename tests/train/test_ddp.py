@@ -24,13 +24,27 @@ def _launch(*args: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+#: Tolerance of the 2-process vs 1-process comparison, both in float64.
+#: The two runs differ only in summation order: each rank reduces its half of the batch and the
+#: all-reduce adds the halves, where one process reduces all 16 samples at once. A sum of n terms in
+#: another order differs by at most about n·eps relative to the sum of magnitudes; the longest
+#: reductions here are the convolution / linear backward sums over N·H·W = 16·28·28 ≈ 1.3e4 terms, and
+#: three SGD steps (lr 0.1) plus the momentum update pass the differences through a few dozen further
+#: operations. With float64's eps = 2.2e-16 that bounds the difference by ≈ 1.3e4 · 2.2e-16 · 1e2 ≈ 3e-10
+#: of the values' scale (which is O(1) here), so 1e-9 holds on every CPU and every BLAS kernel choice.
+#: In float32 the same bound is ≈ 1.3e4 · 1.2e-7 · 1e2 ≈ 0.2: no tolerance both holds everywhere and
+#: catches a wrong gradient, which is why the comparison runs in float64. A gradient off by
+#: 1/world_size (the classic gather bug) moves the weights by O(lr · grad) ≈ 1e-2, seven orders above.
+FLOAT64_TOLERANCE = 1e-9
+
+
 def test_two_process_steps_match_one_process_on_the_global_batch(tmp_path):
     _launch("fixed", str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    # One process on the whole global batch.
+    # One process on the whole global batch, in float64 as the two ranks.
     torch.manual_seed(0)
     cfg = fixed_config()
-    method = build_method_from_config(cfg)
+    method = build_method_from_config(cfg).double()
     model = Pretrainer(method, None)
     optimizer = build_optimizer(method, None, cfg.optim, 16)
 
@@ -42,11 +56,13 @@ def test_two_process_steps_match_one_process_on_the_global_batch(tmp_path):
     single = model.state_dict()
     # DimCL gathers the global batch; BYOL's term is a per-rank mean, so the global loss is the rank mean.
     mean_losses = (ranks[0]["losses"] + ranks[1]["losses"]) / 2
-    torch.testing.assert_close(mean_losses, losses, rtol=1e-5, atol=1e-5)
+    assert losses.dtype == torch.float64
+    torch.testing.assert_close(mean_losses, losses, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
     for key, value in single.items():
+        # Both ranks apply the same all-reduced gradient to the same weights: equal bit for bit.
         torch.testing.assert_close(ranks[0]["state"][key], ranks[1]["state"][key], rtol=0, atol=0)
         if value.is_floating_point():
-            torch.testing.assert_close(ranks[0]["state"][key], value, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(ranks[0]["state"][key], value, rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)
 
 
 def test_the_pretraining_loop_runs_on_two_processes(tiny_fashion_mnist, tmp_path):
