@@ -12,7 +12,7 @@ from conftest import TINY_RUN
 from dimcl.config import ConfigError, load_config, parse_override
 from dimcl.recipes import resolve_recipe
 from dimcl.run_dir import BACKBONE, CHECKPOINT, METRICS, read_metrics
-from dimcl.sweep import SweepSpec, cell_name, cell_overrides, cell_recipe, load_grid, run_sweep
+from dimcl.sweep import SweepSpec, cell_name, cell_overrides, cell_recipe, load_grid, parse_shard, run_sweep
 
 
 def write_grid(path, **content):
@@ -138,3 +138,20 @@ def test_recipe_can_vary_per_cell(tmp_path, tiny_fashion_mnist):
     no_recipe = write_grid(tmp_path / "none.yaml", grid={"seed": [0]})
     with pytest.raises(ConfigError, match="no recipe"):
         run_sweep(no_recipe, tmp_path / "out2", dry_run=True, log=None)
+
+
+def test_shards_split_the_cells_without_overlap(tmp_path, tiny_fashion_mnist):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"recipe: fashion_mnist/byol\noverrides: [data.root={tiny_fashion_mnist}]\n"
+        "grid:\n  seed: [0, 1, 2]\n  dimcl.weight: [0.0, 0.1]\n"
+    )
+    every = [c["name"] for c in run_sweep(grid, tmp_path / "out", dry_run=True, log=None)]
+    shards = [[c["name"] for c in run_sweep(grid, tmp_path / "out", dry_run=True, log=None, shard=(k, 4))]
+              for k in (1, 2, 3, 4)]
+    assert shards[0] == [every[0], every[4]] and shards[3] == [every[3]]
+    assert sorted(sum(shards, [])) == sorted(every)
+    assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
+    for bad in ("0/2", "3/2", "1", "a/b"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)

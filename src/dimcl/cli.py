@@ -1,4 +1,4 @@
-"""The ``dimcl`` command: pretrain, knn, list, demo.
+"""The ``dimcl`` command: pretrain, knn, linear, baselines, analyze, sweep, report, list, demo.
 
 Bad input (a mistyped key, a wrong type, a missing folder, an unsafe checkpoint) is reported as one
 paragraph on stderr with exit code 2 and no traceback; nothing already in the output folder is touched.
@@ -43,6 +43,28 @@ def _cmd_linear(args: argparse.Namespace) -> int:
     result = linear_of_run(args.ckpt, out_dir=args.out, device=args.device, protocol=args.protocol,
                            epochs=args.epochs)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of seeds, e.g. 0,1,2") from None
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    from dimcl.eval.baselines import baselines, write_baselines
+    from dimcl.recipes import resolve_recipe
+
+    path = resolve_recipe(args.config) if args.config else None
+    cfg = load_config(path, args.overrides)
+    for seed in args.seeds or [cfg.seed]:
+        cfg.seed = seed
+        record = baselines(cfg, device=args.device, supervised=not args.no_supervised)
+        written = write_baselines(args.out, record)
+        print(json.dumps({k: v for k, v in record.items() if k != "protocol"}, indent=2))
+        print(f"wrote {written}")
     return 0
 
 
@@ -129,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="folder for linear.json (default: the run directory)")
     p.set_defaults(func=_cmd_linear)
+
+    p = sub.add_parser("baselines", help="raw-pixel and random-init floors and a supervised ceiling",
+                       description="For the evaluation protocol of a config (a recipe and overrides, or a run's "
+                       "config.yaml): kNN and linear probe of the raw pixels, of the backbone with random weights, "
+                       "and of the same backbone trained with labels for the same epochs on the same images. "
+                       "Adds them to OUT/baselines.json, which dimcl report reads.")
+    p.add_argument("--config", "-c", required=True,
+                   help="a YAML recipe or config.yaml file, or a bundled recipe name such as fashion_mnist/byol")
+    p.add_argument("--out", "-o", required=True, help="the run or sweep folder to write baselines.json into")
+    p.add_argument("--seeds", type=_seed_list, metavar="S,S,...",
+                   help="comma-separated seeds to compute, e.g. 0,1,2 (default: the config's seed)")
+    p.add_argument("--no-supervised", action="store_true", help="only the floors (skip the supervised training)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_cmd_baselines)
 
     p = sub.add_parser("analyze", help="feature-diversity diagnostics of a run",
                        description="Mean |correlation| between dimensions, effective rank (RankMe), collapsed "

@@ -23,6 +23,8 @@ CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
 BACKBONE = "backbone.safetensors"
 PROVENANCE = "provenance.jsonl"
+#: floors and ceiling of a run's or a sweep's protocol (``dimcl baselines``)
+BASELINES = "baselines.json"
 #: metrics that measure the machine, not the run: they differ between two runs of the same config
 TIMING_KEYS = ("epoch_time_s", "images_per_s", "data_wait_fraction")
 

@@ -1,7 +1,8 @@
 """A Markdown report, with plots, of the run directories under a folder (a sweep, or any tree of runs).
 
 Only what run directories hold is read: ``config.yaml``, ``metrics.jsonl`` and, when present,
-``knn.json``, ``linear.json`` and ``diversity.json``. Runs are grouped by their configuration without
+``knn.json``, ``linear.json`` and ``diversity.json``; and the folder's ``baselines.json`` (floors and
+ceiling, ``dimcl baselines``) when it has one. Runs are grouped by their configuration without
 ``seed`` and without the keys that do not change the experiment (:data:`IGNORED_KEYS`). For every group
 the report gives mean ± sample standard deviation over seeds; for every +DimCL group (λ > 0) with a
 matching baseline (λ = 0, same configuration apart from ``dimcl.*``) it gives the paired difference
@@ -21,7 +22,9 @@ from typing import Any
 import yaml
 
 from dimcl.config import RUN_ONLY_KEYS, flatten_config
-from dimcl.run_dir import CONFIG, METRICS, read_metrics
+from dimcl.eval.baselines import ROWS as BASELINE_ROWS
+from dimcl.eval.baselines import read_baselines
+from dimcl.run_dir import BASELINES, CONFIG, METRICS, read_metrics
 
 __all__ = [
     "Comparison",
@@ -419,6 +422,40 @@ def _summary_table(comparisons: list[Comparison]) -> list[str]:
     return [*lines, ""]
 
 
+def _baselines_table(folder: Path) -> list[str]:
+    """The floors and the ceiling of ``folder/baselines.json`` (``dimcl baselines``): one table per protocol,
+    mean ± std over the seeds computed."""
+    by_protocol: dict[str, list[dict[str, Any]]] = {}
+    for record in read_baselines(folder):
+        by_protocol.setdefault(json.dumps(record.get("protocol"), sort_keys=True), []).append(record)
+    if not by_protocol:
+        return []
+    lines = ["## Floors and ceiling", "",
+             "What the same evaluation gives without self-supervised learning (`dimcl baselines`, "
+             f"`{BASELINES}`): the raw pixels, the backbone with random weights, and the backbone trained with "
+             "labels for the same epochs on the same images. A learned representation is worth its training "
+             "when it beats the floors.", ""]
+    for text, records in by_protocol.items():
+        protocol = json.loads(text)
+        described = ", ".join(f"`{k}={_format_value(v)}`" for k, v in protocol.items() if v is not None)
+        sizes = f"kNN bank / evaluation images: {records[0].get('bank_size')} / {records[0].get('eval_size')}"
+        lines += [f"Protocol: {described}; {sizes}.", "",
+                  "| reference | seeds | kNN top-1 (%) | linear top-1 (%) | its own classifier top-1 (%) |",
+                  "|---|---|---|---|---|"]
+        seeds = _seeds_text([r.get("seed") for r in records])
+        for row, title in BASELINE_ROWS.items():
+            present = [r[row] for r in records if row in r]
+            if not present:
+                continue
+            cells = []
+            for key in ("knn_top1", "linear_top1", "head_top1"):
+                values = [p[key] for p in present if key in p]
+                cells.append(_cell((*mean_std(values), len(values)), 2, len(present)) if values else "–")
+            lines.append(f"| {title} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> str:
     """Write the Markdown report of the runs under ``sweep_dir`` to ``out_path`` and return it.
 
@@ -442,6 +479,7 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
         lines.append("No run directories (folders with a config.yaml) were found.")
 
     comparisons = compare_groups(groups)
+    lines += _baselines_table(sweep_dir)
     lines += _summary_table(comparisons)
 
     shown = [(key, title, decimals) for key, title, decimals in FIGURES if any(g.values(key) for g in groups)]

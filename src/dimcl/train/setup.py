@@ -77,17 +77,12 @@ def _seeded_subset_of(dataset: Dataset, size: int | None, seed: int, key: str) -
     return seeded_subset(dataset, size, seed)
 
 
-def build_pretrain_dataset(cfg: Config) -> Dataset:
-    """The pretraining split; items are (list of views, label), or (uint8 image, label) with augment_on=device.
+def pretrain_images(cfg: Config, transform: Any) -> Dataset:
+    """The images pretraining sees (``data.subset``, minus the ``data.val_size`` hold-out), with ``transform``.
 
-    With ``data.val_size`` the held-out validation images are left out (the pretraining split starts
-    with the labelled training split in every dataset; STL-10's unlabelled images follow it).
+    The pretraining split starts with the labelled training split in every dataset (STL-10's unlabelled
+    images follow it), so the held-out validation indices apply to it unchanged.
     """
-    info = dataset_info(cfg.data.name)
-    if cfg.data.augment_on == "device":
-        transform = raw_image_transform(info, crop_size(cfg))  # views are made by build_device_views
-    else:
-        transform = MultiViewTransform([build_view_transform(v, info) for v in view_configs(cfg.augment, info)])
     common = dict(download=cfg.data.download, on_bad_image=cfg.data.on_bad_image)
     if not cfg.data.val_size:
         return build_dataset(cfg.data.name, cfg.data.root, "pretrain", transform, subset=cfg.data.subset,
@@ -97,6 +92,16 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
     kept, _ = validation_split(num_train, cfg.data.val_size)
     remaining = Subset(full, kept + list(range(num_train, len(full))))
     return _seeded_subset_of(remaining, cfg.data.subset, cfg.seed, "data.subset")
+
+
+def build_pretrain_dataset(cfg: Config) -> Dataset:
+    """The pretraining split; items are (list of views, label), or (uint8 image, label) with augment_on=device."""
+    info = dataset_info(cfg.data.name)
+    if cfg.data.augment_on == "device":
+        transform = raw_image_transform(info, crop_size(cfg))  # views are made by build_device_views
+    else:
+        transform = MultiViewTransform([build_view_transform(v, info) for v in view_configs(cfg.augment, info)])
+    return pretrain_images(cfg, transform)
 
 
 def build_device_views(cfg: Config) -> BatchMultiView | None:
