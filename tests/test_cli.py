@@ -70,10 +70,15 @@ def test_demo_runs_end_to_end_on_tiny_data(tiny_fashion_mnist, tmp_path):
     assert set(result["runs"]) == {"byol", "byol_dimcl"}
     assert "loss_dimcl" in result["runs"]["byol_dimcl"]["records"][0]
     assert "loss_dimcl" not in result["runs"]["byol"]["records"][0]
-    for name in ("summary.md", "summary.json", "curves.png", "byol/backbone.safetensors",
-                 "byol_dimcl/backbone.safetensors"):
+    for name in ("summary.md", "summary.json", "curves.png", "baselines.json", "byol/backbone.safetensors",
+                 "byol_dimcl/backbone.safetensors", "byol/linear.json"):
         assert (out / name).is_file(), name
-    assert "random init (floor)" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    rows = [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["backbone", "raw pixels (floor)", "random-init backbone (floor)", "BYOL", "BYOL + DimCL",
+                    "supervised backbone (ceiling)"]
+    pixels = result["references"]["raw_pixels"]["knn_top1"]
+    assert f"raw pixels' kNN top-1 ({pixels:.2f})" in summary  # the verdict names the floor either way
     again = run_demo(out, [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "data.subset=null",
                            "data.eval_subset=null", "trainer.max_epochs=1"])
     assert again["runs"]["byol"]["records"] == result["runs"]["byol"]["records"]  # finished runs are reused

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dimcl.config import Config, ConfigError
+from dimcl.eval.diversity import diversity_report
 from dimcl.eval.knn import extract_features
 from dimcl.eval.linear import FAST, train_linear_probe
 from dimcl.eval.offline import knn_of_features
@@ -69,12 +70,15 @@ def pixel_features(dataset: Dataset, batch_size: int = 1024, num_workers: int = 
 
 
 def _scores(features: tuple[Tensor, Tensor, Tensor, Tensor], cfg: Config, num_classes: int) -> dict[str, Any]:
-    """kNN and the fast linear probe (``dimcl linear``'s defaults) of one set of features."""
+    """kNN and the fast linear probe (``dimcl linear``'s defaults) of one set of features, and their
+    diversity on the first ``eval.diagnose_images`` evaluation images (the batch the run diagnostics use)."""
     knn = knn_of_features(*features, cfg, num_classes)
     linear = train_linear_probe(*features, num_classes, epochs=100, seed=0, **FAST)
+    diversity = diversity_report(features[2][: cfg.eval.diagnose_images])
     return {
         "knn_top1": knn["knn_top1"], "knn_top5": knn["knn_top5"],
         "linear_top1": linear["top1"], "linear_top5": linear["top5"], "num_features": int(features[0].shape[1]),
+        "effective_rank": diversity["effective_rank"], "mean_abs_corr": diversity["mean_abs_corr"],
     }
 
 
