@@ -111,7 +111,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dimcl.demo import run_demo
 
-    run_demo(args.out, args.overrides)
+    run_demo(args.out, args.overrides, parallel=not args.sequential)
     return 0
 
 
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "to a randomly initialised backbone, prints the table and writes a summary and a plot.",
     )
     p.add_argument("--out", "-o", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--sequential", action="store_true",
+                   help="train the two arms one after the other (default: side by side, one thread each)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for both runs")
     p.set_defaults(func=_cmd_demo)
     return parser
