@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo bench quality clean
+.PHONY: test lint demo bench quality study clean
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
@@ -34,6 +34,10 @@ bench: $(STAMP)
 quality: $(STAMP)
 	$(VENV)/bin/dimcl sweep --grid benchmarks/quality/fashion_mnist.yaml --out benchmarks/quality/results
 	$(VENV)/bin/dimcl report benchmarks/quality/results --out benchmarks/quality/report.md
+
+# The main CPU study (benchmarks/quality/README.md): many CPU-hours, resumable across sessions.
+study: $(STAMP)
+	bash benchmarks/quality/full/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
