@@ -91,3 +91,45 @@ def test_temperature_must_be_positive(loss):
     args = (z1, z2, z1) if loss is moco_loss else (z1, z2)
     with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
         loss(*args, temperature=0)
+
+
+
+def _objectives():
+    """(name, objective, extra arguments after the two (N, 16) inputs) for every objective, DimCL included."""
+    from dimcl.losses import dimcl_loss
+
+    queue = torch.nn.functional.normalize(torch.randn(32, 16, generator=torch.Generator().manual_seed(9)), dim=1)
+    return [
+        ("barlow_twins", barlow_twins_loss, ()),
+        ("vicreg", vicreg_loss, ()),
+        ("nt_xent", nt_xent_loss, ()),
+        ("moco", moco_loss, (queue,)),
+        ("byol", byol_loss, ()),
+        ("simsiam", simsiam_loss, ()),
+        ("dimcl", dimcl_loss, ()),
+    ]
+
+
+@pytest.mark.parametrize("name,loss_fn,extra", _objectives(), ids=[o[0] for o in _objectives()])
+def test_every_objective_computes_in_float32_under_autocast(name, loss_fn, extra):
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.randn(2, 24, 16, generator=g)
+    # The projector outputs of a bf16-mixed run: bfloat16 tensors, inside autocast.
+    a16, b16 = a.bfloat16().requires_grad_(), b.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss_fn(a16, b16, *extra)
+        from_float32 = loss_fn(a, b, *extra)  # float32 inputs inside autocast (e.g. a float32 head)
+    mixed.backward()
+    # The same bfloat16 values computed in float32 without autocast: equal to the bit.
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, loss_fn(a16.detach().float(), b16.detach().float(), *extra))
+    assert a16.grad.dtype == torch.bfloat16 and torch.isfinite(a16.grad).all()
+    assert torch.equal(from_float32, loss_fn(a, b, *extra))
+
+
+@pytest.mark.parametrize("name,loss_fn,extra", _objectives(), ids=[o[0] for o in _objectives()])
+def test_float32_and_float64_inputs_outside_autocast_are_untouched(name, loss_fn, extra):
+    g = torch.Generator().manual_seed(10)
+    a, b = torch.randn(2, 24, 16, generator=g)
+    assert torch.equal(loss_fn(a, b, *extra), loss_fn.__wrapped__(a, b, *extra))  # the undecorated function
+    assert loss_fn(a.double(), b.double(), *(e.double() for e in extra)).dtype == torch.float64

@@ -14,8 +14,10 @@ import torch
 
 from dimcl.distributed import gather
 from dimcl.losses.dimcl import standardize
+from dimcl.losses.precision import computed_in_float32
 
 
+@computed_in_float32
 def barlow_twins_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,

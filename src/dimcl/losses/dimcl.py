@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dimcl.distributed import gather
+from dimcl.losses.precision import computed_in_float32
 
 STANDARDIZE_EPS = 1e-5
 #: implementations of the contrast over dimension vectors; "auto" picks blockwise above the threshold
@@ -103,6 +104,7 @@ def contrast_similarities(similarity: torch.Tensor, temperature: float, hardness
     return (negative_mean - positive).mean()
 
 
+@computed_in_float32
 def dimcl_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -124,18 +126,16 @@ def dimcl_loss(
     """
     _check_inputs(z1, z2, temperature)
     check_implementation(implementation)
-    with torch.autocast(device_type=z1.device.type, enabled=False):
-        if z1.dtype in (torch.float16, torch.bfloat16):
-            z1, z2 = z1.float(), z2.float()
-        if gather_distributed:
-            z1, z2 = gather(z1), gather(z2)
-        h = dimension_vectors(z1, z2, eps)
-        blockwise = implementation == "blockwise" or (implementation == "auto" and h.shape[0] > BLOCKWISE_ABOVE)
-        if not blockwise:
-            return contrast_similarities(h @ h.T, temperature, hardness_aware)
-        from dimcl.losses.dimcl_blockwise import blockwise_contrast, uniform_contrast  # it imports this module
+    # Autocast is off and half inputs are float32 here (@computed_in_float32).
+    if gather_distributed:
+        z1, z2 = gather(z1), gather(z2)
+    h = dimension_vectors(z1, z2, eps)
+    blockwise = implementation == "blockwise" or (implementation == "auto" and h.shape[0] > BLOCKWISE_ABOVE)
+    if not blockwise:
+        return contrast_similarities(h @ h.T, temperature, hardness_aware)
+    from dimcl.losses.dimcl_blockwise import blockwise_contrast, uniform_contrast  # it imports this module
 
-        return blockwise_contrast(h, temperature) if hardness_aware else uniform_contrast(h, temperature)
+    return blockwise_contrast(h, temperature) if hardness_aware else uniform_contrast(h, temperature)
 
 
 class DimCLLoss(nn.Module):

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dimcl.losses.precision import computed_in_float32
 
+
+@computed_in_float32
 def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     """InfoNCE of queries against their keys (positives) and a queue of past keys (negatives)."""
     if not temperature > 0:

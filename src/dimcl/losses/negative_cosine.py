@@ -11,12 +11,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dimcl.losses.precision import computed_in_float32
 
+
+@computed_in_float32
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's normalised MSE, 2 - 2 cos, averaged over the batch."""
     return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
+@computed_in_float32
 def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SimSiam's negative cosine similarity, averaged over the batch."""
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from dimcl.distributed import gather
+from dimcl.losses.precision import computed_in_float32
 
 
+@computed_in_float32
 def nt_xent_loss(
     z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, *, gather_distributed: bool = False
 ) -> torch.Tensor:

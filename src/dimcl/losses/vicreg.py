@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dimcl.distributed import gather
+from dimcl.losses.precision import computed_in_float32
 
 
 def _variance_term(z: torch.Tensor) -> torch.Tensor:
@@ -28,6 +29,7 @@ def _covariance_term(z: torch.Tensor) -> torch.Tensor:
     return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
 
 
+@computed_in_float32
 def vicreg_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
