@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from dimcl.config import ConfigError, load_config
+from dimcl.files import WriteFailedError
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 
 EXIT_BAD_INPUT = 2
@@ -23,9 +24,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from dimcl.recipes import resolve_recipe
     from dimcl.train.loop import pretrain
 
+    resume, overrides = args.resume, list(args.overrides)
+    if resume not in (True, False, "auto"):
+        if "=" not in resume:
+            raise ConfigError(
+                f"--resume takes no value (continue the run) or 'auto' (continue it if it has a checkpoint, else "
+                f"start it), got '{resume}'"
+            )
+        # `--resume key=value ...`: argparse took the first override for the option's value.
+        resume, overrides = True, [resume, *overrides]
     path = resolve_recipe(args.config) if args.config else None
-    cfg = load_config(path, args.overrides)
-    pretrain(cfg, args.out, resume=args.resume)
+    cfg = load_config(path, overrides)
+    pretrain(cfg, args.out, resume=resume)
     return 0
 
 
@@ -39,9 +49,13 @@ def _cmd_knn(args: argparse.Namespace) -> int:
 
 def _cmd_linear(args: argparse.Namespace) -> int:
     from dimcl.eval.linear import linear_of_run
+    from dimcl.eval.offline import run_dir_of
+    from dimcl.run_dir import hold_run_dir
 
-    result = linear_of_run(args.ckpt, out_dir=args.out, device=args.device, protocol=args.protocol,
-                           epochs=args.epochs)
+    # The run directory is written (its feature cache) even when linear.json goes elsewhere.
+    with hold_run_dir(run_dir_of(args.ckpt)):
+        result = linear_of_run(args.ckpt, out_dir=args.out, device=args.device, protocol=args.protocol,
+                               epochs=args.epochs)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -70,8 +84,11 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dimcl.eval.diversity import diagnose_run
+    from dimcl.eval.offline import run_dir_of
+    from dimcl.run_dir import hold_run_dir
 
-    result = diagnose_run(args.ckpt, num_images=args.images, device=args.device, out_dir=args.out)
+    with hold_run_dir(args.out or run_dir_of(args.ckpt)):
+        result = diagnose_run(args.ckpt, num_images=args.images, device=args.device, out_dir=args.out)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -130,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", "-c", help="a YAML recipe file, or a bundled recipe name such as cifar10/byol")
     p.add_argument("--out", "-o", required=True, help="the run directory to write")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
+                   help="continue the run in --out from its last checkpoint; '--resume auto' continues it if it has "
+                   "one and starts it otherwise (for jobs that a cluster may requeue)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -219,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print(f"dimcl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, WriteFailedError) as err:
         print(f"dimcl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
     except TrainingInterrupted as err:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from dimcl.files import write_atomic
+
 
 class ConfigError(ValueError):
     """A bad configuration value; its message names the key, the value and what is accepted."""
@@ -384,6 +386,13 @@ def validate(cfg: Config) -> None:
     _require(t.max_epochs >= 1, "trainer.max_epochs", t.max_epochs, "it must be a positive number of epochs")
     _require(t.devices >= 1, "trainer.devices", t.devices, "it must be >= 1")
     _require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "it must be >= 1")
+    # Fabric's spawn launcher needs the whole run as one picklable function; dimcl's processes are started
+    # the way torchrun starts them (the command again, once per device), which 'ddp' does.
+    _require(
+        t.strategy != "ddp_spawn", "trainer.strategy", t.strategy,
+        "dimcl does not spawn its processes: use trainer.strategy=ddp (the same data parallelism, each process "
+        "started as the command itself) or auto",
+    )
     _require(
         t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps,
         "it must be >= 0 (0: checkpoint at epoch ends only)",
@@ -433,7 +442,8 @@ def validate(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as YAML, replacing ``path`` atomically (a failed write leaves the old file whole)."""
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
 #: keys that change only what a run shows or logs, how often it saves, or how fast it goes (up to the

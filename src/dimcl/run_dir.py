@@ -6,23 +6,30 @@
     <run>/backbone.safetensors        the trained backbone, exported at the end
     <run>/provenance.jsonl            what the run ran on (dimcl commit, versions, machine), a line per start
     <run>/logs/, <run>/tensorboard/   Fabric's CSV and TensorBoard loggers
+    <run>/.dimcl.lock                 held (flock) by the one process writing the run; removed when it ends
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dimcl.config import Config, ConfigError, config_from_dict
+from dimcl.files import append_line
 
 CONFIG = "config.yaml"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
 BACKBONE = "backbone.safetensors"
 PROVENANCE = "provenance.jsonl"
+LOCK = ".dimcl.lock"
 #: floors and ceiling of a run's or a sweep's protocol (``dimcl baselines``)
 BASELINES = "baselines.json"
 #: metrics that measure the machine, not the run: they differ between two runs of the same config
@@ -52,14 +59,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one epoch's record as a whole line (never a torn one, see :func:`dimcl.files.append_line`)."""
+    append_line(Path(run_dir) / METRICS, json.dumps(record))
 
 
 def append_provenance(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Add one start (or resume) of the run: see :func:`dimcl.provenance.provenance`."""
-    with open(Path(run_dir) / PROVENANCE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(Path(run_dir) / PROVENANCE, json.dumps(record))
 
 
 def read_provenance(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -76,7 +82,88 @@ def read_provenance(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def restore_metrics(run_dir: str | Path, checkpoint_record: dict[str, Any]) -> None:
-    """On resume: append the checkpoint's record if the run died between checkpoint and metrics line."""
+def restore_metrics(run_dir: str | Path, checkpoint_record: dict[str, Any]) -> bool:
+    """On resume: append the checkpoint's record if the run died between checkpoint and metrics line.
+
+    Returns whether it did (then the run's CSV / TensorBoard logs lack that epoch too).
+    """
     if checkpoint_record["epoch"] not in {r["epoch"] for r in read_metrics(run_dir)}:
         append_metrics(run_dir, checkpoint_record)
+        return True
+    return False
+
+
+class RunDirBusyError(ConfigError):
+    """Another process is writing the run directory (it holds its lock)."""
+
+
+#: run directories this process holds, with how many nested holders: a sweep holds a cell's directory
+#: around the pretraining that holds it too (a second flock from the same process would block itself)
+_held: dict[Path, list[Any]] = {}
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+@contextmanager
+def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
+    """Be the one writer of ``run_dir`` while inside: an exclusive ``flock`` on ``<run_dir>/.dimcl.lock``.
+
+    The operating system releases the lock when the process ends, however it ends (SIGKILL included), so
+    it never goes stale; the file itself (holding the PID, for the error message) is removed on the way
+    out. A second writer gets :class:`RunDirBusyError` naming the directory and the holder's PID. The
+    directory is created if needed (and removed again if it is still empty on the way out).
+    """
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirBusyError(
+                f"'{run_dir}' is being written by {_lock_holder(path)} (it holds {path}); wait for it to finish, "
+                "stop it, or choose another directory. Two writers would interleave their metrics and checkpoints."
+            ) from None
+        # The previous holder may have removed the file between our open and our lock: then we locked a
+        # file nobody else can see, and must lock the one now at the path.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass  # the PID is only for the message of a second writer; the lock holds without it
+    _held[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _held[key]
+        path.unlink(missing_ok=True)  # before closing: nobody else can hold it yet
+        os.close(fd)
+        if created:
+            try:
+                run_dir.rmdir()  # a run that stopped before writing anything leaves nothing behind
+            except OSError:
+                pass

@@ -45,8 +45,9 @@ import torch
 import yaml
 
 from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, load_config
+from dimcl.files import write_atomic
 from dimcl.recipes import resolve_recipe
-from dimcl.run_dir import BACKBONE, CHECKPOINT, CONFIG, read_metrics
+from dimcl.run_dir import BACKBONE, CHECKPOINT, CONFIG, hold_run_dir, read_metrics
 
 __all__ = ["SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid", "run_sweep"]
 
@@ -251,9 +252,9 @@ def _write_sweep_file(
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = SWEEP_FILE if shard is None else SWEEP_FILE.replace(".json", f"-{shard[0]}-of-{shard[1]}.json")
-    tmp = out_dir / f".{name}.tmp"
-    tmp.write_text(json.dumps({"grid_file": str(grid_file), "shard": shard, "cells": cells}, indent=2) + "\n")
-    os.replace(tmp, out_dir / name)  # a reader never sees half a file
+    # a reader never sees half a file, and a failed write leaves the previous one
+    write_atomic(out_dir / name, (json.dumps({"grid_file": str(grid_file), "shard": shard, "cells": cells}, indent=2)
+                                  + "\n").encode())
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -350,10 +351,11 @@ def run_sweep(
             say(f"[{index}/{len(results)}] {name}: finished already, skipped")
         if main:
             # After a (re)training the old evaluations describe another backbone: redo them.
-            if spec.linear and (trains or not (run_dir / "linear.json").is_file()):
-                linear_of_run(run_dir, device=device)
-            if spec.diagnose and (trains or not (run_dir / "diversity.json").is_file()):
-                diagnose_run(run_dir, num_images=spec.diagnose_images, device=device)
+            with hold_run_dir(run_dir):  # they write into the cell's run directory, as pretrain does
+                if spec.linear and (trains or not (run_dir / "linear.json").is_file()):
+                    linear_of_run(run_dir, device=device)
+                if spec.diagnose and (trains or not (run_dir / "diversity.json").is_file()):
+                    diagnose_run(run_dir, num_images=spec.diagnose_images, device=device)
             result.update(_summary(run_dir))
             _write_sweep_file(out_dir, grid_file, results, shard)
     return results

@@ -5,37 +5,66 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
+
+from dimcl.files import failed_write, temporary_sibling, write_atomic
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, foreign or unsafe to load."""
 
 
+class _WriteErrors:
+    """A file's ``write`` that keeps the ``OSError`` it raised (torch.save replaces it with its own error)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A reader (or a crash at any moment) sees either the old complete file or the new one.
+    A failing write (full disk, I/O error) raises :class:`~dimcl.files.WriteFailedError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with failed_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temporary_sibling(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                sink = _WriteErrors(f)
+                try:
+                    torch.save(state, sink)
+                except RuntimeError:
+                    # torch turns a failed write into "unexpected pos ..."; report the write's own error
+                    if sink.error is not None:
+                        raise sink.error from None
+                    raise
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # a full disk gets its space back
+            raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -66,10 +95,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def export_backbone(backbone: nn.Module, path: str | Path, metadata: dict[str, Any]) -> None:
     """Write the backbone's weights as safetensors, with how to rebuild it in the metadata."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"dimcl": json.dumps(metadata)})
-    os.replace(tmp, path)
+    # Serialized in memory (the backbone alone is small) so that the write is one atomic file replacement.
+    write_atomic(path, save_safetensors(tensors, metadata={"dimcl": json.dumps(metadata)}))
 
 
 def load_backbone_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

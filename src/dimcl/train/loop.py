@@ -5,7 +5,7 @@
 Fabric owns devices, precision and data parallelism (DDP, multi-node through torchrun / SLURM); this
 file owns the order of things. Schedules are precomputed per optimizer step. Every epoch reseeds the
 random state from (seed, epoch), so a run resumed from its epoch checkpoint continues exactly as an
-uninterrupted one would (bit-for-bit on the CPU).
+uninterrupted one would (bit-for-bit on the CPU; see train/sampling.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, save_config
@@ -34,10 +34,20 @@ from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.methods import SSLMethod, cosine_momentum
 from dimcl.provenance import provenance
-from dimcl.run_dir import BACKBONE, CHECKPOINT, append_metrics, append_provenance, restore_metrics
+from dimcl.run_dir import (
+    BACKBONE,
+    CHECKPOINT,
+    RunDirBusyError,
+    append_metrics,
+    append_provenance,
+    hold_run_dir,
+    restore_metrics,
+)
 from dimcl.train.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
+from dimcl.train.logs import RunCSVLogger, continue_logs, tensorboard_logger
 from dimcl.train.optim import build_optimizer, set_learning_rate
+from dimcl.train.sampling import EpochFeed
 from dimcl.train.schedules import warmup_cosine
 from dimcl.train.setup import (
     backbone_metadata,
@@ -133,16 +143,11 @@ class Pretrainer(nn.Module):
 
 
 def _loggers(cfg: Config, out_dir: Path) -> list:
-    from lightning.fabric.loggers import CSVLogger
-
-    loggers: list = [CSVLogger(root_dir=str(out_dir), name="logs")]
+    loggers: list = [RunCSVLogger(out_dir)]
     if cfg.trainer.tensorboard:
-        try:
-            from lightning.fabric.loggers import TensorBoardLogger
-
-            loggers.append(TensorBoardLogger(root_dir=str(out_dir), name="tensorboard"))
-        except (ImportError, ModuleNotFoundError):
-            pass  # tensorboard is optional: `pip install dimcl[tensorboard]`
+        tensorboard = tensorboard_logger(out_dir)  # None without tensorboard: `pip install dimcl[tensorboard]`
+        if tensorboard is not None:
+            loggers.append(tensorboard)
     return loggers
 
 
@@ -197,23 +202,17 @@ def check_out_dir(out_dir: Path) -> None:
         ) from None
 
 
-def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> PretrainResult:
-    """Pretrain ``cfg`` into ``out_dir`` (see the module docstring for the order of things)."""
+def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> PretrainResult:
+    """Pretrain ``cfg`` into ``out_dir`` (see the module docstring for the order of things).
+
+    ``resume``: False starts a new run (refused where a checkpoint exists), True continues from the
+    checkpoint, ``"auto"`` does the one that applies (a requeued cluster job needs no edit). Rank 0 holds
+    the run directory's lock throughout (see :func:`dimcl.run_dir.hold_run_dir`).
+    """
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
-    ckpt_path = out_dir / CHECKPOINT
-    state = None
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        notices = _check_resume(cfg, state)
-    else:
-        notices = []
-        if ckpt_path.exists():
-            raise ConfigError(
-                f"'{out_dir}' already holds a run (it has {CHECKPOINT}); pass --resume to continue it, or choose "
-                "another --out directory. Nothing was changed."
-            )
-
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be true, false or 'auto', got {resume!r}")
     t = cfg.trainer
     fabric = Fabric(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
@@ -225,6 +224,48 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
             f"{fabric.device.type}); set it to false"
         )
     fabric.launch()
+    with _one_writer(fabric, out_dir):
+        return _pretrain(cfg, out_dir, resume, fabric)
+
+
+@contextmanager
+def _one_writer(fabric: Fabric, out_dir: Path) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock; every rank stops with its error if it is taken."""
+    with ExitStack() as held:
+        error = None
+        if fabric.global_rank == 0:
+            try:
+                held.enter_context(hold_run_dir(out_dir))
+            except RunDirBusyError as err:
+                error = str(err)
+        if fabric.world_size > 1:
+            error = fabric.broadcast(error, src=0)
+        if error is not None:
+            raise RunDirBusyError(error)
+        yield
+
+
+def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) -> PretrainResult:
+    """:func:`pretrain` once this process may write ``out_dir``."""
+    ckpt_path = out_dir / CHECKPOINT
+    if resume == "auto":
+        resume = ckpt_path.is_file()
+        if fabric.world_size > 1:
+            resume = fabric.broadcast(resume, src=0)  # what rank 0, the writer, sees
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        notices = _check_resume(cfg, state)
+    else:
+        notices = []
+        if ckpt_path.exists():
+            raise ConfigError(
+                f"'{out_dir}' already holds a run (it has {CHECKPOINT}); pass --resume to continue it (or "
+                "--resume auto), or choose another --out directory. Nothing was changed."
+            )
+    continue_logs(fabric.loggers, state["epoch"] if state is not None else 0)
+
+    t = cfg.trainer
     is_main = fabric.global_rank == 0
     for notice in notices:
         fabric.print(f"notice: {notice}")
@@ -244,12 +285,12 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
             f"data.batch_size={cfg.data.batch_size} on {fabric.world_size} device(s) needs at least {global_batch} "
             f"images per step, but the pretraining set has {len(dataset)}; lower data.batch_size or raise data.subset"
         )
-    generator = torch.Generator()
-    loader = DataLoader(
-        dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
-        generator=generator, pin_memory=fabric.device.type == "cuda", persistent_workers=False,
+    feed = EpochFeed(
+        dataset, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, fabric.world_size, fabric.global_rank,
+        pin_memory=fabric.device.type == "cuda",
     )
-    loader = fabric.setup_dataloaders(loader)
+    # Our own sampler shards the data (Fabric's DistributedSampler would take its epoch from a counter).
+    loader = fabric.setup_dataloaders(feed.loader, use_distributed_sampler=False)
 
     # ---- model and optimizer
     method = build_method_from_config(cfg)
@@ -291,8 +332,9 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
         append_provenance(out_dir, {**provenance(fabric.device), "resumed_at_epoch": start_epoch if resume else None})
-        if state is not None and state["metrics"] is not None:
-            restore_metrics(out_dir, state["metrics"])
+        if state is not None and state["metrics"] is not None and restore_metrics(out_dir, state["metrics"]):
+            # Logged after the metrics line, so the logs lack the mended epoch as well.
+            fabric.log_dict({k: v for k, v in state["metrics"].items() if k != "epoch"}, step=state["metrics"]["epoch"])
     fabric.barrier()
 
     def save(epochs_done: int, batch_in_epoch: int, progress: EpochProgress, last_record: dict | None) -> None:
@@ -321,11 +363,8 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False) -> Pretrain
     bad_images_before = 0
     with StopSignals() as stop:
         for epoch in range(start_epoch, t.max_epochs):
-            # Everything random in this epoch follows from (seed, epoch): resuming here replays it exactly.
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
-            generator.manual_seed(cfg.seed * 100_003 + epoch)
-            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
+            # Everything random in this epoch follows from (seed, epoch, rank): resuming here replays it exactly.
+            feed.begin_epoch(epoch)
             model.train()
             progress = EpochProgress(**state["progress"]) if skip and state is not None else EpochProgress()
             started = time.perf_counter() - progress.elapsed
