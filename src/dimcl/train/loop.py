@@ -5,7 +5,7 @@
 Fabric owns devices, precision and data parallelism (DDP, multi-node through torchrun / SLURM); this
 file owns the order of things. Schedules are precomputed per optimizer step. Every epoch reseeds the
 random state from (seed, epoch), so a run resumed from its epoch checkpoint continues exactly as an
-uninterrupted one would (bit-for-bit on the CPU; see train/sampling.py).
+uninterrupted one would (bit-for-bit on the CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, save_config
@@ -47,7 +48,6 @@ from dimcl.train.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 from dimcl.train.logs import RunCSVLogger, continue_logs, tensorboard_logger
 from dimcl.train.optim import build_optimizer, set_learning_rate
-from dimcl.train.sampling import EpochFeed
 from dimcl.train.schedules import warmup_cosine
 from dimcl.train.setup import (
     backbone_metadata,
@@ -285,12 +285,12 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) ->
             f"data.batch_size={cfg.data.batch_size} on {fabric.world_size} device(s) needs at least {global_batch} "
             f"images per step, but the pretraining set has {len(dataset)}; lower data.batch_size or raise data.subset"
         )
-    feed = EpochFeed(
-        dataset, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, fabric.world_size, fabric.global_rank,
-        pin_memory=fabric.device.type == "cuda",
+    generator = torch.Generator()
+    loader = DataLoader(
+        dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
+        generator=generator, pin_memory=fabric.device.type == "cuda", persistent_workers=False,
     )
-    # Our own sampler shards the data (Fabric's DistributedSampler would take its epoch from a counter).
-    loader = fabric.setup_dataloaders(feed.loader, use_distributed_sampler=False)
+    loader = fabric.setup_dataloaders(loader)
 
     # ---- model and optimizer
     method = build_method_from_config(cfg)
@@ -363,8 +363,11 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) ->
     bad_images_before = 0
     with StopSignals() as stop:
         for epoch in range(start_epoch, t.max_epochs):
-            # Everything random in this epoch follows from (seed, epoch, rank): resuming here replays it exactly.
-            feed.begin_epoch(epoch)
+            # Everything random in this epoch follows from (seed, epoch): resuming here replays it exactly.
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            generator.manual_seed(cfg.seed * 100_003 + epoch)
+            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
             model.train()
             progress = EpochProgress(**state["progress"]) if skip and state is not None else EpochProgress()
             started = time.perf_counter() - progress.elapsed
