@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import math
 import os
 import pickle
+import stat
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -237,10 +240,17 @@ class ImageFolderDataset(Dataset):
         return len(self.paths)
 
     def _read(self, index: int) -> Image.Image:
-        with open(self.paths[index], "rb") as f:
-            image = Image.open(f)
-            image.load()
-            return image.convert("RGB")
+        # O_NONBLOCK: a FIFO named like an image would otherwise block the open forever.
+        fd = os.open(self.paths[index], os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError("not a regular file")  # a FIFO, a device (/dev/zero never ends), a socket
+            with warnings.catch_warnings():
+                # Over Image.MAX_IMAGE_PIXELS PIL only warns, then decodes gigabytes: a decompression bomb.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(f)
+                image.load()
+            return _to_rgb(image)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         for attempt in range(len(self.paths)):
@@ -248,7 +258,8 @@ class ImageFolderDataset(Dataset):
             try:
                 image = self._read(current)
                 break
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                    Image.DecompressionBombWarning) as err:
                 if self.on_bad_image == "fail":
                     raise BadImageError(
                         f"cannot read image '{self.paths[current]}' ({type(err).__name__}: {err}); remove or "
@@ -261,6 +272,17 @@ class ImageFolderDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, label
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL decodes: CMYK, palette and grayscale through PIL; 16-bit grayscale
+    scaled to 8 bits (PIL's own conversion clips it at 255, turning most of such an image white)."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+        return Image.fromarray(pixels.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError("32-bit floating-point image: no known value range to map to 8 bits")
+    return image.convert("RGB")
 
 
 def bad_image_count(dataset: Dataset) -> int:
@@ -337,7 +359,7 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     if len(data) < header:
         raise DatasetError(f"'{path}' is truncated: it ends inside its {header}-byte IDX header.")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # Python ints: a hostile header cannot wrap the product around
     if len(data) - header != expected:
         raise DatasetError(
             f"'{path}' is truncated or corrupt: its header announces {shape} = {expected} bytes of data but "
@@ -381,6 +403,10 @@ def _build_fashion_mnist(root: Path, split: str, transform, download: bool) -> D
             f"'{paths[0]}' holds {images.shape[0]} images but '{paths[1]}' holds {labels.shape[0]} labels; "
             f"one of the two files is from another release or corrupt."
         )
+    if labels.size and labels.max() >= info.num_classes:
+        raise DatasetError(
+            f"'{paths[1]}' is corrupt: it holds label {int(labels.max())}, but Fashion-MNIST labels are 0..9."
+        )
     return TensorImageDataset(
         torch.from_numpy(images).unsqueeze(1),  # (N, 1, 28, 28)
         torch.from_numpy(labels).long(),
@@ -391,8 +417,9 @@ def _build_fashion_mnist(root: Path, split: str, transform, download: bool) -> D
 
 # --------------------------------------------------------------------------------------------------
 # CIFAR-10 / CIFAR-100: torchvision's on-disk format (python pickles). Read here rather than through
-# torchvision.datasets.CIFAR10, whose md5 check rejects every file but the official ones. Unpickling
-# runs code from the file, so only point this at files you trust (torchvision has the same caveat).
+# torchvision.datasets.CIFAR10, whose md5 check rejects every file but the official ones. A plain
+# unpickler calls whatever the file names (os.system included), so these files are read with one that
+# admits only what the format needs: see _SafeUnpickler.
 
 _CIFAR_LAYOUT = {
     # name: (folder, train files, test files, label key, meta file, class-name key, torchvision class)
@@ -409,15 +436,56 @@ _CIFAR_LAYOUT = {
 }
 
 
-def _load_pickle(path: Path) -> dict[str, Any]:
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle that names a callable other than the few that rebuild plain data and numpy arrays."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, tuples, strings, bytes, numbers and numpy arrays / scalars / dtypes only.
+
+    Containers and scalars are pickle opcodes that call nothing; everything else is a global the file
+    asks for by name, and only the constructors below are looked up (numpy 1.x and 2.x module names;
+    ``_codecs.encode`` is how Python 3 pickles bytes at protocol 2). None of them runs code of the
+    file's choosing: an object array's items are unpickled by this same unpickler.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    })  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise UnsafePickleError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
+    """Unpickle a data file with :class:`_SafeUnpickler` (Python 2 pickles read as latin1).
+
+    Raises :class:`DatasetError` naming the file when it asks for anything else, or is damaged.
+    """
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            return _SafeUnpickler(f, encoding="latin1").load()
+    except UnsafePickleError as err:
+        raise DatasetError(
+            f"refusing to read '{path}': it is a pickle that calls {err}, which could run arbitrary code; a data "
+            "file may hold only dicts, lists, strings, numbers and numpy arrays. Replace it with the file from "
+            "the dataset's official archive."
+        ) from None
     except Exception as err:  # unpickling fails in many ways on a damaged file
         raise DatasetError(
             f"could not read '{path}': it is truncated or corrupt ({type(err).__name__}: {err}); delete it "
             f"and get it again."
         ) from err
+
+
+def _load_pickle(path: Path) -> dict[str, Any]:
+    entry = load_safe_pickle(path)
     if not isinstance(entry, dict):
         raise DatasetError(f"'{path}' is not a CIFAR batch: it unpickles to {type(entry).__name__}, not a dict.")
     # Python 2 pickles read with latin1 have str keys; files written with bytes keys are accepted too.
@@ -447,17 +515,32 @@ def _build_cifar(name: str) -> Callable[..., Dataset]:
             entry = _load_pickle(path)
             if "data" not in entry or label_key not in entry:
                 raise DatasetError(f"'{path}' is not a {name} batch: it lacks the 'data' or '{label_key}' entry.")
-            data = np.asarray(entry["data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(entry[label_key]) != data.shape[0]:
+            data, batch_labels = entry["data"], entry[label_key]
+            if not (isinstance(data, np.ndarray) and data.dtype.kind in "ui" and data.shape[1:] == (3 * 32 * 32,)
+                    and (data.size == 0 or 0 <= data.min() <= data.max() <= 255)):
+                shown = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
                 raise DatasetError(
-                    f"'{path}' is corrupt: expected data of shape (N, 3072) and N labels, got data "
-                    f"{data.shape} and {len(entry[label_key])} labels."
+                    f"'{path}' is corrupt: expected 'data' as an array of bytes of shape (N, 3072), got {shown}."
+                )
+            data = data.astype(np.uint8, copy=False)
+            try:
+                batch_labels = np.asarray(batch_labels, dtype=np.int64)
+            except (TypeError, ValueError, OverflowError):
+                batch_labels = np.empty(0)
+            if batch_labels.shape != (data.shape[0],) or (
+                len(batch_labels) and not 0 <= batch_labels.min() <= batch_labels.max() < info.num_classes
+            ):
+                raise DatasetError(
+                    f"'{path}' is corrupt: expected {data.shape[0]} integer labels in 0..{info.num_classes - 1} "
+                    f"under '{label_key}', one per image."
                 )
             images.append(data.reshape(-1, 3, 32, 32))  # stored as R plane, G plane, B plane per image
-            labels.append(np.asarray(entry[label_key], dtype=np.int64))
+            labels.append(batch_labels)
         classes = None
         if (folder / meta_file).is_file():
             classes = _load_pickle(folder / meta_file).get(names_key)
+            if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+                classes = None  # only used to name classes in reports: a damaged list is not worth failing for
         return TensorImageDataset(
             torch.from_numpy(np.concatenate(images)),
             torch.from_numpy(np.concatenate(labels)),
