@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +207,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> Pr
 
     ``resume``: False starts a new run (refused where a checkpoint exists), True continues from the
     checkpoint, ``"auto"`` does the one that applies (a requeued cluster job needs no edit). Rank 0 holds
-    the run directory's lock throughout (see :func:`dimcl.run_dir.hold_run_dir`).
+    the run directory's lock from the first write to the end (see :func:`dimcl.run_dir.hold_run_dir`).
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
@@ -224,30 +224,43 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> Pr
             f"{fabric.device.type}); set it to false"
         )
     fabric.launch()
-    with _one_writer(fabric, out_dir):
-        return _pretrain(cfg, out_dir, resume, fabric)
+    with ExitStack() as writer_lock:  # entered by _become_writer, just before the first write
+        return _pretrain(cfg, out_dir, resume, fabric, writer_lock)
 
 
-@contextmanager
-def _one_writer(fabric: Fabric, out_dir: Path) -> Iterator[None]:
-    """Rank 0 holds the run directory's lock; every rank stops with its error if it is taken."""
-    with ExitStack() as held:
-        error = None
-        if fabric.global_rank == 0:
-            try:
-                held.enter_context(hold_run_dir(out_dir))
-            except RunDirBusyError as err:
-                error = str(err)
-        if fabric.world_size > 1:
-            error = fabric.broadcast(error, src=0)
-        if error is not None:
-            raise RunDirBusyError(error)
-        yield
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) -> PretrainResult:
-    """:func:`pretrain` once this process may write ``out_dir``."""
+def _become_writer(fabric: Fabric, out_dir: Path, writer_lock: ExitStack, checkpoint_seen: Any) -> None:
+    """Rank 0 takes the run directory's lock; every rank stops if another process holds it, or wrote a
+    checkpoint since this run read (or looked for) one. Taken only now, so that bad input, found while
+    opening the data, never competes for it and leaves nothing behind."""
+    error = None
+    if fabric.global_rank == 0:
+        try:
+            writer_lock.enter_context(hold_run_dir(out_dir))
+            if _file_identity(out_dir / CHECKPOINT) != checkpoint_seen:
+                error = (
+                    f"'{out_dir}' changed while this run was starting: another process wrote {CHECKPOINT} "
+                    "meanwhile. Nothing was written; start this run again."
+                )
+        except RunDirBusyError as err:
+            error = str(err)
+    if fabric.world_size > 1:
+        error = fabric.broadcast(error, src=0)
+    if error is not None:
+        raise RunDirBusyError(error)
+
+
+def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, writer_lock: ExitStack) -> PretrainResult:
+    """:func:`pretrain` after Fabric's launch."""
     ckpt_path = out_dir / CHECKPOINT
+    checkpoint_seen = _file_identity(ckpt_path)
     if resume == "auto":
         resume = ckpt_path.is_file()
         if fabric.world_size > 1:
@@ -328,6 +341,7 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) ->
     base_momentum = getattr(method, "base_momentum", None)
 
     # ---- run directory
+    _become_writer(fabric, out_dir, writer_lock, checkpoint_seen)
     if is_main:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
