@@ -1,4 +1,7 @@
-"""The bundled recipes, ``configs/<dataset>/<method>.yaml``, found by name or path."""
+"""The bundled recipes, ``dimcl/configs/<dataset>/<method>.yaml`` inside the package, found by name or path.
+
+They ship as package data, so a wheel, an sdist and an editable install all find them next to this file.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from dimcl.config import ConfigError
 
 
 def recipes_dir() -> Path:
-    """``$DIMCL_CONFIGS`` if set, else the repository's ``configs/`` next to ``src/``."""
+    """``$DIMCL_CONFIGS`` if set, else the package's own ``configs/`` folder."""
     env = os.environ.get("DIMCL_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    return Path(env) if env else Path(__file__).resolve().parent / "configs"
 
 
 def list_recipes() -> list[str]:
