@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import os
+import pickle
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_RUN, write_fashion_mnist
@@ -18,8 +25,9 @@ from PIL import Image
 
 from dimcl.config import load_config
 from dimcl.data import BadImageError, build_dataset
+from dimcl.data.datasets import load_safe_pickle
 from dimcl.recipes import resolve_recipe
-from dimcl.run_dir import TIMING_KEYS, read_metrics
+from dimcl.run_dir import LOCK, TIMING_KEYS, read_metrics
 from dimcl.train.checkpoint import CheckpointError, load_checkpoint
 from dimcl.train.loop import NonFiniteLossError, Pretrainer, pretrain
 
@@ -295,3 +303,276 @@ def test_foreign_checkpoint_is_a_clear_error(tmp_path):
     path.write_text(json.dumps({"hello": 1}))
     with pytest.raises(CheckpointError, match="not a readable dimcl checkpoint"):
         load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Round two (issue 12): no code from data files, one writer per run directory, failing writes, --resume auto,
+# corrupt and hostile data.
+
+QUICK = [*TINY_RUN, "eval.every=0", "eval.diagnose=false"]
+
+
+def _quick(root: Path, run: Path, *extra: str) -> list[str]:
+    return [DIMCL, "pretrain", "-c", "fashion_mnist/byol", "-o", str(run), f"data.root={root}", *QUICK, *extra]
+
+
+def _without_timing(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run)]
+
+
+def _assert_clean_failure(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    message = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(message) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in message[0], f"{needle!r} not in {message[0]!r}"
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_with_a_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    good = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(2, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(good))
+    (folder / "data_batch_1").write_bytes(pickle.dumps({"data": good["data"], "labels": [0, 1],
+                                                        "note": _Payload(marker)}, protocol=2))
+    proc = subprocess.run([DIMCL, "pretrain", "-c", "cifar10/byol", "-o", str(tmp_path / "run"),
+                           f"data.root={tmp_path / 'cifar'}", "backbone.name=small_cnn", *QUICK],
+                          capture_output=True, text=True, timeout=300)
+    _assert_clean_failure(proc, 2, "data_batch_1", "refusing", "posix.system")
+    assert not marker.exists(), "the pickle's payload ran"
+    assert not (tmp_path / "run").exists()
+    # What real CIFAR files hold still loads, whichever protocol wrote it (numpy 1.x names included).
+    plain = {b"batch_label": b"x", "data": np.arange(6, dtype=np.uint8).reshape(2, 3), "labels": [np.int64(3), 4],
+             "f": 1.5, "names": ["a", "b"]}
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        raw = pickle.dumps(plain, protocol=protocol)
+        (tmp_path / "p").write_bytes(raw.replace(b"numpy._core", b"numpy.core") if protocol == 2 else raw)
+        loaded = load_safe_pickle(tmp_path / "p")
+        assert np.array_equal(loaded["data"], plain["data"]) and loaded["labels"] == [3, 4] and loaded["f"] == 1.5
+
+
+def _hold_lock(run: Path) -> subprocess.Popen:
+    """Another process holding the run directory's lock, as a running `dimcl pretrain` does."""
+    code = ("import sys, time; from dimcl.run_dir import hold_run_dir\n"
+            "with hold_run_dir(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_two_pretrains_on_one_directory_the_second_exits_2_naming_the_first(tiny_fashion_mnist, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(_quick(tiny_fashion_mnist, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 300
+    while not (run / LOCK).is_file() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(_quick(tiny_fashion_mnist, run), capture_output=True, text=True, timeout=300)
+    _, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err[-3000:]
+    _assert_clean_failure(second, 2, str(run), f"process {first.pid}")
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]  # not [1, 1, 2, 2]
+    assert not (run / LOCK).exists()
+
+
+def test_writers_wait_readers_do_not_and_a_killed_holder_leaves_no_stale_lock(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    holder = _hold_lock(run)
+    try:
+        analyze = subprocess.run([DIMCL, "analyze", "--ckpt", str(run), "--images", "16"], capture_output=True,
+                                 text=True, timeout=300)
+        _assert_clean_failure(analyze, 2, str(run), f"process {holder.pid}")
+        knn = subprocess.run([DIMCL, "knn", "--ckpt", str(run)], capture_output=True, text=True, timeout=300)
+        assert knn.returncode == 0, knn.stderr[-3000:]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (run / LOCK).exists()  # SIGKILL left the file, but the OS released the lock
+    analyze = subprocess.run([DIMCL, "analyze", "--ckpt", str(run), "--images", "16"], capture_output=True,
+                             text=True, timeout=300)
+    assert analyze.returncode == 0, analyze.stderr[-3000:]
+    assert (run / "diversity.json").is_file() and not (run / LOCK).exists()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_fashion_mnist, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(_quick(tiny_fashion_mnist, run), check=True, capture_output=True, timeout=600)
+    return run
+
+
+@pytest.mark.parametrize(("site", "allowed", "named", "resume"), [
+    ("checkpoint", 1, "checkpoints/last.ckpt", "--resume"),  # epoch 2's checkpoint
+    ("metrics", 1, "metrics.jsonl", "--resume"),  # epoch 2's line, after its checkpoint
+    ("config", 0, "config.yaml", "--resume=auto"),  # before anything else: nothing to resume, auto starts
+    ("export", 0, "backbone.safetensors", "--resume=auto"),  # after the last epoch
+])
+def test_a_full_disk_at_each_write_site_stops_cleanly_and_resume_continues(
+        site, allowed, named, resume, tiny_fashion_mnist, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    script = Path(__file__).with_name("failing_write.py")
+    failed = subprocess.run([sys.executable, str(script), site, str(allowed), *_quick(tiny_fashion_mnist, run)[1:]],
+                            capture_output=True, text=True, timeout=600)
+    _assert_clean_failure(failed, 1, named, "No space left on device", "--resume")
+    # What was written before is whole: every metrics line parses, the checkpoint loads, no temporary files.
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    assert all(json.loads(line) for line in lines)
+    expected_epochs = {"checkpoint": [1], "metrics": [1], "config": [], "export": [1, 2]}[site]
+    assert [r["epoch"] for r in read_metrics(run)] == expected_epochs
+    if expected_epochs:
+        epoch = load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"]
+        assert epoch == (2 if site in ("metrics", "export") else 1)
+    if (run / "config.yaml").exists():
+        load_config(run / "config.yaml")
+    assert not [p for p in run.rglob("*.tmp")] and not (run / LOCK).exists()
+
+    resumed = subprocess.run([*_quick(tiny_fashion_mnist, run), resume], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _without_timing(run) == _without_timing(uninterrupted)
+    a = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    b = load_checkpoint(uninterrupted / "checkpoints" / "last.ckpt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    # The CSV log continues in one file, one row per epoch.
+    assert [p.name for p in (run / "logs").iterdir()] == ["version_0"]
+    with open(run / "logs" / "version_0" / "metrics.csv") as f:
+        assert [int(float(row["step"])) for row in csv.DictReader(f)] == [1, 2]
+
+
+def _png(path: Path, width: int, height: int, pixels: bool = True) -> None:
+    """An 8-bit grayscale PNG of zeros, compressed row by row (a 10000 x 10000 one is ~100 kB: a bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush() if pixels else b"\x78\x9c"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def test_hostile_image_folders_fail_clearly_or_are_skipped_and_counted_never_hang(tmp_path):
+    root = _image_folder(tmp_path / "images", corrupt=False)
+    bad = root / "train" / "a"
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "gone.png").symlink_to(tmp_path / "nowhere.png")  # unreadable: dangling
+    os.mkfifo(bad / "fifo.png")  # opening it for reading would wait for a writer forever
+    _png(bad / "bomb_warning.png", 10_000, 10_000)  # over PIL's limit: decodes 100 MB unless refused
+    _png(bad / "bomb_error.png", 30_000, 30_000, pixels=False)  # over twice the limit
+    good = root / "train" / "b"
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(good / "cmyk.jpg")  # red
+    Image.fromarray(np.full((8, 8), 40_000, np.uint16)).save(good / "sixteen.png")  # 40000 / 256 = 156
+
+    skipping = build_dataset("imagefolder", root, "pretrain", on_bad_image="skip")
+    items = {Path(skipping.paths[i]).name: skipping._read(i) for i in range(len(skipping))
+             if Path(skipping.paths[i]).parent.name == "b"}
+    assert np.asarray(items["cmyk.jpg"])[0, 0].tolist()[0] > 200 and np.asarray(items["cmyk.jpg"])[0, 0, 1] < 50
+    assert np.asarray(items["sixteen.png"]).tolist()[0][0] == [156, 156, 156]
+    [skipping[i] for i in range(len(skipping))]
+    assert skipping.bad_images == 5 + 4 + 3 + 2 + 1  # the bad files sort together: an access counts each one it passes
+
+    overrides = ["data.name=imagefolder", f"data.root={root}", "backbone.name=small_cnn", "augment.crop_size=8",
+                 "method.proj_hidden_dim=16", "method.proj_output_dim=8", "method.pred_hidden_dim=16",
+                 "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                 "trainer.tensorboard=false", "eval.knn_k=3", "eval.diagnose=false"]
+    failing = subprocess.run([DIMCL, "pretrain", "-o", str(tmp_path / "fail"), *overrides], capture_output=True,
+                             text=True, timeout=300)
+    _assert_clean_failure(failing, 2, "cannot read image", "data.on_bad_image=skip")
+    skipped = subprocess.run([DIMCL, "pretrain", "-o", str(tmp_path / "skip"), *overrides, "data.on_bad_image=skip"],
+                             capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert read_metrics(tmp_path / "skip")[0]["bad_images_skipped"] >= 1
+
+
+def _corrupt_data_cases(tmp_path: Path) -> list[tuple[str, str, Path, str]]:
+    """(name, data.name, data.root, the file the message must name) for damaged files in each format."""
+    cases = []
+
+    def fashion(name: str, damage) -> None:
+        root = write_fashion_mnist(tmp_path / name, n_train=32, n_test=16)
+        cases.append((name, "fashion_mnist", root, damage(root)))
+
+    def truncate(root: Path) -> str:
+        path = root / "train-images-idx3-ubyte.gz"
+        path.write_bytes(path.read_bytes()[:200])
+        return path.name
+
+    def magic(root: Path) -> str:
+        path = root / "train-labels-idx1-ubyte.gz"
+        data = gzip.decompress(path.read_bytes())
+        path.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + data[4:]))
+        return path.name
+
+    def labels(root: Path) -> str:
+        path = root / "train-labels-idx1-ubyte.gz"
+        data = bytearray(gzip.decompress(path.read_bytes()))
+        data[8] = 42
+        path.write_bytes(gzip.compress(bytes(data)))
+        return path.name
+
+    def short_header(root: Path) -> str:
+        path = root / "train-images-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(b"\x00\x00\x08\x03\xff\xff\xff\xff" * 2))
+        return path.name
+
+    for name, damage in (("idx truncated", truncate), ("idx magic", magic), ("idx labels", labels),
+                         ("idx header", short_header)):
+        fashion(name, damage)
+
+    def cifar(name: str, first: object) -> None:
+        folder = tmp_path / name / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        good = pickle.dumps({"data": np.zeros((20, 3072), np.uint8), "labels": list(range(10)) * 2})
+        for part in [f"data_batch_{i}" for i in range(2, 6)] + ["test_batch"]:
+            (folder / part).write_bytes(good)
+        (folder / "data_batch_1").write_bytes(first if isinstance(first, bytes) else pickle.dumps(first))
+        cases.append((name, "cifar10", tmp_path / name, "data_batch_1"))
+
+    cifar("cifar truncated", pickle.dumps({"data": np.zeros((20, 3072), np.uint8)})[:150])
+    cifar("cifar not a batch", [1, 2, 3])
+    cifar("cifar data shape", {"data": np.zeros((20, 100), np.uint8), "labels": [0] * 20})
+    cifar("cifar labels", {"data": np.zeros((20, 3072), np.uint8), "labels": 7})
+    cifar("cifar label range", {"data": np.zeros((20, 3072), np.uint8), "labels": [11] * 20})
+
+    def stl(name: str, x_bytes: int, y: bytes) -> None:
+        folder = tmp_path / name / "stl10_binary"
+        folder.mkdir(parents=True)
+        for part, count in (("train", 20), ("test", 10), ("unlabeled", 20)):
+            (folder / f"{part}_X.bin").write_bytes(bytes(count * 3 * 96 * 96))
+        (folder / "test_y.bin").write_bytes(bytes([1] * 10))
+        (folder / "train_y.bin").write_bytes(y)
+        (folder / "train_X.bin").write_bytes(bytes(x_bytes))
+        cases.append((name, "stl10", tmp_path / name, "train_X.bin" if x_bytes % (3 * 96 * 96) else "train_y.bin"))
+
+    stl("stl truncated images", 20 * 3 * 96 * 96 - 5, bytes([1] * 20))
+    stl("stl truncated labels", 20 * 3 * 96 * 96, bytes([1] * 19))
+    stl("stl label range", 20 * 3 * 96 * 96, bytes([0] * 20))
+    return cases
+
+
+def test_corrupt_dataset_files_are_a_clear_error_naming_the_file(tmp_path):
+    cases = _corrupt_data_cases(tmp_path)
+
+    def run(case):
+        name, dataset, root, _ = case
+        return subprocess.run([DIMCL, "pretrain", "-o", str(tmp_path / "out" / name.replace(" ", "_")),
+                               f"data.name={dataset}", f"data.root={root}", "backbone.name=small_cnn", *QUICK],
+                              capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run, cases))
+    for (name, _, _, file), proc in zip(cases, results, strict=True):
+        assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
+        assert file in proc.stderr and "Traceback" not in proc.stderr, f"{name}: {proc.stderr[-2000:]}"
