@@ -4,7 +4,7 @@ before/after ratios of the loop's speed switches.
     python benchmarks/speed/step_speed.py [--device cpu] [--batch 256] [--precision 32] \
         [--out step_speed_cpu.json] [--md step_speed_cpu.md]
 
-Model: ResNet-18 with the CIFAR stem on 32x32 images, each method's recipe widths (configs/cifar10).
+Model: ResNet-18 with the CIFAR stem on 32x32 images, each method's recipe widths (src/dimcl/configs/cifar10).
 - step: forward + backward + optimizer step + momentum update on a fixed random batch (no data loading),
   λ = 0 and λ = 0.1 interleaved step by step so both see the same machine state; median after a warm-up
   step. Peak memory of a step: on CUDA ``torch.cuda.max_memory_allocated`` over the step minus what was

@@ -18,7 +18,7 @@ and Gaussian blur off (BYOLTransform for BYOL and Barlow Twins, SimCLRTransform 
 heads, losses and, for BYOL, ``update_momentum`` with ``cosine_schedule``; ``for batch in dataloader:
 x0, x1 = batch[0]``, forward, ``loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad()``,
 ``total_loss += loss.detach()``. Deviations from the examples, all to match our recipe
-(configs/cifar10/<method>.yaml): our backbone instead of torchvision's ImageNet-stem ResNet-18; the
+(src/dimcl/configs/cifar10/<method>.yaml): our backbone instead of torchvision's ImageNet-stem ResNet-18; the
 recipe's head widths, loss temperature / lambda and BYOL base momentum (per optimizer step, as ours);
 the transform knobs set to our recipe's values (crop scale 0.08-1, jitter 0.4/0.4/0.2/0.1 at p=0.8,
 grayscale 0.2, no blur, BYOL view-2 solarization 0.2, CIFAR-10 mean/std); and the recipe's optimizer,
@@ -27,7 +27,7 @@ LARS with its parameter groups, built by ``dimcl.train.optim.build_optimizer`` (
 every file but the official ones; reading and decoding are torchvision's own. The random files carry
 ``str`` keys, as the official (Python 2) pickles load, so that both readers take them as they are.
 
-dimcl side: the real loop, ``dimcl.train.loop.pretrain``, on ``configs/cifar10/<method>.yaml`` with
+dimcl side: the real loop, ``dimcl.train.loop.pretrain``, on ``src/dimcl/configs/cifar10/<method>.yaml`` with
 evaluation, diagnostics, the online probe, the progress bar and TensorBoard off, ``optim.warmup_epochs=0``,
 float32, ``dimcl.weight=0`` (the plain method, the row compared with lightly) and ``dimcl.weight=0.1``
 (an extra row). Its images/s is ``records[0]["images_per_s"]``, the loop's own epoch timing.

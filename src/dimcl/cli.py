@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from dimcl import __version__
 from dimcl.config import ConfigError, load_config
 from dimcl.files import WriteFailedError
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dimcl",
         description="Dimensional Contrastive Learning (DimCL) for self-supervised pretraining.",
     )
+    parser.add_argument("--version", action="version", version=f"dimcl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
