@@ -62,6 +62,7 @@ def test_precision_given_as_a_number_is_accepted():
         ("augment.crop_scale=[0.5, 0.2]", r"'augment.crop_scale' got \[0.5, 0.2\]"),
         ("augment.hue=0.9", r"'augment.hue' got 0.9"),
         ("trainer=3", r"'trainer' is a section and takes a mapping"),
+        ("trainer.strategy=ddp_spawn", r"'trainer.strategy' got 'ddp_spawn'; dimcl does not spawn.*strategy=ddp"),
         ("seed", r"not of the form key=value"),
     ],
 )

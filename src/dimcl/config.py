@@ -386,6 +386,13 @@ def validate(cfg: Config) -> None:
     _require(t.max_epochs >= 1, "trainer.max_epochs", t.max_epochs, "it must be a positive number of epochs")
     _require(t.devices >= 1, "trainer.devices", t.devices, "it must be >= 1")
     _require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "it must be >= 1")
+    # Fabric's spawn launcher needs the whole run as one picklable function; dimcl's processes are started
+    # the way torchrun starts them (the command again, once per device), which 'ddp' does.
+    _require(
+        t.strategy != "ddp_spawn", "trainer.strategy", t.strategy,
+        "dimcl does not spawn its processes: use trainer.strategy=ddp (the same data parallelism, each process "
+        "started as the command itself) or auto",
+    )
     _require(
         t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps,
         "it must be >= 0 (0: checkpoint at epoch ends only)",
