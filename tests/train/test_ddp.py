@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
+from conftest import TINY_RUN, write_fashion_mnist
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 sys.path.insert(0, str(SCRIPT.parent))
 from ddp_script import fixed_batch, fixed_config, run_fixed_steps  # noqa: E402
 
+from dimcl.run_dir import TIMING_KEYS, read_metrics  # noqa: E402
+from dimcl.train.checkpoint import load_checkpoint  # noqa: E402
 from dimcl.train.loop import Pretrainer  # noqa: E402
 from dimcl.train.optim import build_optimizer  # noqa: E402
 from dimcl.train.setup import build_method_from_config  # noqa: E402
@@ -77,3 +82,43 @@ def test_the_pretraining_loop_runs_on_two_processes(tiny_fashion_mnist, tmp_path
     assert (tmp_path / "backbone.safetensors").is_file()
     assert [r["epoch"] for r in ranks[0]["records"]] == [1, 2]
     assert ranks[0]["records"][-1]["loss"] == ranks[1]["records"][-1]["loss"]  # averaged over ranks
+
+
+DIMCL = str(Path(sys.executable).with_name("dimcl"))
+
+
+def _ddp_pretrain(root: Path, run: Path) -> list[str]:
+    """`dimcl pretrain` on 2 CPU processes (gloo), 2 epochs of 10 steps with kNN and the online probe."""
+    return [DIMCL, "pretrain", "-c", "fashion_mnist/byol", "-o", str(run), f"data.root={root}", *TINY_RUN,
+            "trainer.max_epochs=2", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+            "eval.diagnose=false"]
+
+
+def test_killed_and_resumed_two_process_run_ends_as_the_uninterrupted_one(tmp_path):
+    # 320 images: 10 steps of 2 x 16 per epoch; the second epoch is the window for the kill.
+    root = write_fashion_mnist(tmp_path / "data", n_train=320, n_test=48)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    # A session of its own, so the kill reaches both ranks (Fabric starts rank 1 as a child of rank 0).
+    proc = subprocess.Popen(_ddp_pretrain(root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 1200
+    while not read_metrics(killed) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-3000:]
+    done = len(read_metrics(killed))
+    assert done == 1, "the kill should land after the first checkpoint and before the end"
+    # The resumed processes start with fresh counters (Fabric's loader wrapper counts its own epochs).
+    resumed = subprocess.run([*_ddp_pretrain(root, killed), "--resume"], capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    uninterrupted = subprocess.run(_ddp_pretrain(root, full), capture_output=True, text=True, timeout=1200)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    got = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(killed)]
+    want = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(full)]
+    assert [r["epoch"] for r in got] == [1, 2] and "knn_top1" in got[-1] and "probe_top1" in got[-1]
+    assert got == want  # losses, kNN, probe: equal floats, not close ones
+    a, b = load_checkpoint(killed / "checkpoints" / "last.ckpt"), load_checkpoint(full / "checkpoints" / "last.ckpt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key

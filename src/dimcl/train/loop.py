@@ -5,7 +5,7 @@
 Fabric owns devices, precision and data parallelism (DDP, multi-node through torchrun / SLURM); this
 file owns the order of things. Schedules are precomputed per optimizer step. Every epoch reseeds the
 random state from (seed, epoch), so a run resumed from its epoch checkpoint continues exactly as an
-uninterrupted one would (bit-for-bit on the CPU).
+uninterrupted one would (bit-for-bit on the CPU; see train/sampling.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, save_config
@@ -48,6 +47,7 @@ from dimcl.train.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 from dimcl.train.logs import RunCSVLogger, continue_logs, tensorboard_logger
 from dimcl.train.optim import build_optimizer, set_learning_rate
+from dimcl.train.sampling import EpochFeed
 from dimcl.train.schedules import warmup_cosine
 from dimcl.train.setup import (
     backbone_metadata,
@@ -105,9 +105,16 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def requested(self, fabric: Fabric) -> bool:
-        """Whether any rank was asked to stop (ranks must stop at the same step)."""
+    def requested(self, fabric: Fabric, step: int | None = None, every: int = 1) -> bool:
+        """Whether any rank was asked to stop (ranks must stop at the same step).
+
+        With several processes the ranks agree through an all-reduce, which waits for the device: at
+        optimizer steps it is done only every ``every`` steps (``step`` None: now). One process asks
+        every step, which costs nothing.
+        """
         flag = self.signal_name is not None
+        if fabric.world_size > 1 and step is not None and step % every != 0:
+            return False
         if fabric.world_size > 1:
             flag = bool(fabric.all_reduce(torch.tensor(float(flag)), reduce_op="sum") > 0)
             if flag and self.signal_name is None:
@@ -132,13 +139,14 @@ class Pretrainer(nn.Module):
         out = self.method(views)
         if self.probe is not None:
             logits = self.probe(out["features"].detach())
-            labelled = labels >= 0
-            # Unlabelled images (label -1, e.g. STL-10's unlabeled split) do not train the probe.
-            out["loss_probe"] = (
-                F.cross_entropy(logits[labelled], labels[labelled]) if labelled.any() else logits.sum() * 0
-            )
-            out["probe_correct"] = (logits.argmax(1)[labelled] == labels[labelled]).sum()
-            out["probe_count"] = labelled.sum()
+            # Unlabelled images (label -1, e.g. STL-10's unlabeled split) do not train the probe. ignore_index and
+            # not a boolean mask: indexing by a mask (or `if mask.any()`) waits for the device on every step.
+            count = (labels >= 0).sum()
+            loss = F.cross_entropy(logits, labels, ignore_index=-1)
+            # A batch without labels makes the mean 0/0; its gradient through where() is zero, not NaN.
+            out["loss_probe"] = torch.where(count > 0, loss, logits.sum() * 0)
+            out["probe_correct"] = (logits.argmax(1) == labels).sum()  # argmax is never -1
+            out["probe_count"] = count
         return out
 
 
@@ -224,6 +232,8 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> Pr
             f"{fabric.device.type}); set it to false"
         )
     fabric.launch()
+    if fabric.device.type == "cuda":
+        set_cuda_defaults(t.precision)
     with ExitStack() as writer_lock:  # entered by _become_writer, just before the first write
         return _pretrain(cfg, out_dir, resume, fabric, writer_lock)
 
@@ -298,12 +308,12 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, wr
             f"data.batch_size={cfg.data.batch_size} on {fabric.world_size} device(s) needs at least {global_batch} "
             f"images per step, but the pretraining set has {len(dataset)}; lower data.batch_size or raise data.subset"
         )
-    generator = torch.Generator()
-    loader = DataLoader(
-        dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
-        generator=generator, pin_memory=fabric.device.type == "cuda", persistent_workers=False,
+    feed = EpochFeed(
+        dataset, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, fabric.world_size, fabric.global_rank,
+        pin_memory=fabric.device.type == "cuda",
     )
-    loader = fabric.setup_dataloaders(loader)
+    # Our own sampler shards the data (Fabric's DistributedSampler would take its epoch from a counter).
+    loader = fabric.setup_dataloaders(feed.loader, use_distributed_sampler=False)
 
     # ---- model and optimizer
     method = build_method_from_config(cfg)
@@ -377,11 +387,8 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, wr
     bad_images_before = 0
     with StopSignals() as stop:
         for epoch in range(start_epoch, t.max_epochs):
-            # Everything random in this epoch follows from (seed, epoch): resuming here replays it exactly.
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
-            generator.manual_seed(cfg.seed * 100_003 + epoch)
-            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
+            # Everything random in this epoch follows from (seed, epoch, rank): resuming here replays it exactly.
+            feed.begin_epoch(epoch)
             model.train()
             progress = EpochProgress(**state["progress"]) if skip and state is not None else EpochProgress()
             started = time.perf_counter() - progress.elapsed
@@ -421,7 +428,7 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, wr
                     rate = progress.batches * global_batch / (time.perf_counter() - started)
                     bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                                     img_s=f"{rate:.0f}")
-                stopping = stop.requested(fabric)
+                stopping = stop.requested(fabric, step, t.log_every_n_steps)
                 if (stopping or (every_k and step % every_k == 0)) and i + 1 < len(loader):
                     progress.elapsed = time.perf_counter() - started
                     save(epoch, i + 1, progress, last_record)
@@ -476,6 +483,16 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, wr
         logger.finalize("success")
     fabric.barrier()
     return PretrainResult(records, pretrainer)
+
+
+def set_cuda_defaults(precision: str) -> None:
+    """On CUDA only: cuDNN picks the fastest convolution algorithms for the run's fixed shapes, and float32
+    matmuls / convolutions of fp32 recipes use TF32 tensor cores (10-bit mantissa inputs, float32 sums), as
+    the SSL reference codes do. The CPU keeps its exact float32 arithmetic, and bit-identical runs with it."""
+    torch.backends.cudnn.benchmark = True
+    if precision in ("32", "32-true"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def compile_networks(method: nn.Module) -> None:

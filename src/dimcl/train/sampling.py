@@ -1,0 +1,106 @@
+"""The pretraining data loader: which images each rank sees, and the seeds of every epoch.
+
+Everything random in an epoch follows from ``(seed, epoch, global rank)``, so a run resumed at an
+epoch boundary, in a fresh process, replays that epoch exactly as the uninterrupted run did:
+
+- the order of the images: one permutation per epoch drawn from ``epoch_seed(seed, epoch)`` (the same
+  on every rank), which each rank then takes every ``world_size``-th image of;
+- the augmentations: the global torch RNG (views made in the main process or on the device) and the
+  loader's generator (the seeds of its worker processes) are seeded from ``epoch_seed(seed, epoch,
+  rank)``, so the ranks draw different augmentation parameters from one another.
+
+Lightning Fabric's dataloader wrapper calls ``sampler.set_epoch(n)`` with its own count of
+``iter()`` calls, which restarts at 0 in a resumed process; :class:`ShardedEpochSampler` therefore
+has no ``set_epoch`` and takes its epoch from :meth:`EpochFeed.begin_epoch` only.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator, Sized
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+#: the rank's share of an epoch's seed, 0 on rank 0. PyTorch's CPU generator (mt19937) keeps only the low
+#: 32 bits of a seed, so the term must change those: rank · 0x9E3779B9 (2³² / golden ratio, odd) spreads the
+#: ranks over the 32-bit seed space instead of a shift such as 2⁴⁰, which the generator would drop.
+RANK_SEED_STRIDE = 0x9E3779B9
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch on one rank: ``seed · 100003 + epoch + rank · 0x9E3779B9``.
+
+    Rank 0's term is 0, so a single-process run draws exactly what it always drew.
+    """
+    return seed * 100_003 + epoch + rank * RANK_SEED_STRIDE
+
+
+class ShardedEpochSampler(Sampler[int]):
+    """Rank ``rank``'s share of one permutation per epoch: ``perm[rank::world_size]``, ``size // world_size`` long.
+
+    The permutation is drawn from ``epoch_seed(seed, epoch)``, the same on every rank, so the ranks'
+    shares are disjoint. Set ``epoch`` before iterating (deliberately not ``set_epoch``: see the
+    module docstring).
+    """
+
+    def __init__(self, dataset: Sized, world_size: int, rank: int, seed: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.size = len(dataset)
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
+        # Drop the tail so every rank gets the same number of images (the gathers need equal batches).
+        kept = order[: len(self) * self.world_size]
+        return iter(kept[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn``: loader workers ignore SIGTERM / SIGINT.
+
+    A signal to the whole process group (SLURM preemption, ``timeout``, Ctrl-C) reaches the workers
+    too; were they to die, the main process's next batch would raise before the loop could save. The
+    main process handles the signal and shuts its workers down itself.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class EpochFeed:
+    """The pretraining :class:`DataLoader` and the per-epoch seeding that makes it replayable.
+
+    One process: a shuffling loader over the whole set whose generator is reseeded every epoch.
+    Several: each rank iterates its :class:`ShardedEpochSampler` share. Batches are ``batch_size``
+    images, the last partial one dropped.
+    """
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, num_workers: int, seed: int, world_size: int = 1, rank: int = 0,
+        pin_memory: bool = False,
+    ):
+        self.seed = seed
+        self.rank = rank
+        self.generator = torch.Generator()
+        self.sampler = ShardedEpochSampler(dataset, world_size, rank, seed) if world_size > 1 else None
+        # Workers are not persistent: they are started every epoch with seeds from that epoch's generator,
+        # which is what lets a resumed run replay the epoch (persistent workers keep their first seeds).
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=self.sampler is None, sampler=self.sampler, drop_last=True,
+            num_workers=num_workers, generator=self.generator, pin_memory=pin_memory, persistent_workers=False,
+            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        )
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Seed everything random in ``epoch`` from ``(seed, epoch, rank)`` (call before iterating)."""
+        torch.manual_seed(epoch_seed(self.seed, epoch, self.rank))
+        self.generator.manual_seed(epoch_seed(self.seed, epoch, self.rank))
+        if self.sampler is not None:
+            self.sampler.epoch = epoch

@@ -1,0 +1,89 @@
+"""Per-epoch, per-rank seeding and sharding of the pretraining data, and loader workers under signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import TINY_RUN, write_fashion_mnist
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from torch.utils.data import TensorDataset
+
+from dimcl.run_dir import read_metrics
+from dimcl.train.sampling import EpochFeed, ShardedEpochSampler, epoch_seed
+
+DIMCL = str(Path(sys.executable).with_name("dimcl"))
+
+
+def _draws(feed: EpochFeed, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the epoch's augmentations would draw: the global RNG (main-process / device views) and the
+    loader's generator (the seeds of its worker processes)."""
+    feed.begin_epoch(epoch)
+    return torch.rand(4), torch.rand(4, generator=feed.generator)
+
+
+def test_rank_zero_keeps_the_single_process_seeds_and_other_ranks_draw_differently():
+    data = TensorDataset(torch.arange(64))
+    one = EpochFeed(data, 8, 0, seed=3)
+    # The seeds every single-process run so far has used: seed * 100003 + epoch.
+    assert epoch_seed(3, 5) == epoch_seed(3, 5, rank=0) == 3 * 100_003 + 5
+    torch.manual_seed(3 * 100_003 + 5)
+    expected = torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(3 * 100_003 + 5))
+    got = _draws(one, 5)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    rank0, rank1 = (EpochFeed(data, 8, 0, seed=3, world_size=2, rank=r) for r in (0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(_draws(rank0, 5), expected, strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(_draws(rank1, 5), expected, strict=True))
+    # ... and every rank replays its own draws when the epoch is begun again (a resume).
+    assert all(torch.equal(a, b) for a, b in zip(_draws(rank1, 5), _draws(rank1, 5), strict=True))
+
+
+def test_ranks_share_one_permutation_per_epoch_that_fabric_cannot_reset():
+    data = TensorDataset(torch.arange(21))
+    feeds = [EpochFeed(data, 2, 0, seed=1, world_size=2, rank=r) for r in (0, 1)]
+    shares = []
+    for feed in feeds:
+        feed.begin_epoch(4)
+        # What Lightning Fabric's loader wrapper does on every iter(): set_epoch(its own count).
+        _set_sampler_epoch(feed.loader, 0)
+        shares.append(list(feed.sampler))
+    assert len(shares[0]) == len(shares[1]) == 10
+    assert not set(shares[0]) & set(shares[1])  # disjoint, the odd image left out
+    sampler = ShardedEpochSampler(data, 2, 0, seed=1)
+    sampler.epoch = 4
+    assert list(sampler) == shares[0]  # the epoch's order, whatever Fabric counted
+    sampler.epoch = 5
+    assert list(sampler) != shares[0]
+
+
+def test_sigterm_to_the_process_group_spares_the_loader_workers(tmp_path):
+    # 640 images, 40 steps per epoch: the signal lands mid-epoch with 2 workers loading.
+    root = write_fashion_mnist(tmp_path / "data", n_train=640, n_test=32)
+    run = tmp_path / "run"
+    args = [DIMCL, "pretrain", "-c", "fashion_mnist/byol", "-o", str(run), f"data.root={root}", *TINY_RUN,
+            "data.num_workers=2", "trainer.max_epochs=3", "eval.every=0", "eval.diagnose=false"]
+    # A session of its own: the signal goes to the whole process group, as SLURM and `timeout` send it.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 1200
+    while not read_metrics(run) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch, whose workers are loading
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "SIGTERM" in err and "--resume" in err and "Traceback" not in err, err[-3000:]
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+
+
+def test_the_rank_term_reaches_the_32_bits_the_cpu_generator_keeps():
+    # torch.manual_seed(s) and manual_seed(s + 2**32) give the same stream: only the low 32 bits count.
+    for rank in range(1, 64):
+        assert (epoch_seed(0, 0, rank) - epoch_seed(0, 0)) % 2**32 != 0
