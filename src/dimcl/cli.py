@@ -1,4 +1,4 @@
-"""The ``dimcl`` command: pretrain, knn, linear, baselines, analyze, sweep, report, list, demo.
+"""The ``dimcl`` command: pretrain, knn, linear, baselines, analyze, sweep, report, export, list, demo.
 
 Bad input (a mistyped key, a wrong type, a missing folder, an unsafe checkpoint) is reported as one
 paragraph on stderr with exit code 2 and no traceback; nothing already in the output folder is touched.
@@ -117,12 +117,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from dimcl.recipes import list_recipes, recipes_dir
 
     print("methods:   " + ", ".join(METHODS))
-    print("backbones: " + ", ".join(BACKBONES))
+    print("backbones: " + ", ".join(BACKBONES) + ", timm/<model> (any timm model; pip install 'dimcl[timm]')")
     print("datasets:  " + ", ".join(DATASETS))
     recipes = list_recipes()
     print(f"recipes ({recipes_dir()}):")
     for name in recipes:
         print(f"  {name}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dimcl.export import export
+
+    meta = export(args.ckpt, args.format, args.out)
+    print(json.dumps(meta, indent=2))
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -215,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder holding run directories")
     p.add_argument("--out", help="report path (default: DIR/report.md)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="write a run's backbone for torchvision, timm or as safetensors",
+                       description="Writes the trained backbone of a run: 'safetensors' is dimcl's own file with "
+                       "the metadata that rebuilds it (read it with dimcl.load_backbone); 'torchvision' and "
+                       "'timm' are plain state dicts for the torchvision model (resnet18/50, vit_tiny/small) or "
+                       "the timm model the backbone is (.safetensors if FILE ends so, else torch.save). Prints "
+                       "the metadata: architecture, stem, input size and normalisation.")
+    p.add_argument("--ckpt", required=True, help="a run directory, a checkpoint inside one, or a backbone .safetensors")
+    p.add_argument("--format", required=True, choices=["torchvision", "timm", "safetensors"])
+    p.add_argument("--out", "-o", required=True, help="the file to write")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("list", help="list methods, backbones, datasets and recipes")
     p.set_defaults(func=_cmd_list)

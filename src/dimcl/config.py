@@ -337,13 +337,19 @@ def validate(cfg: Config) -> None:
     """Check names against the registries and values against their ranges."""
     from dimcl.data import DATASETS
     from dimcl.methods import METHODS, method_options
-    from dimcl.models import BACKBONES
+    from dimcl.models import BACKBONES, TIMM_PREFIX, check_backbone_name
 
     for key, name, registry in (
         ("method.name", cfg.method.name, METHODS),
         ("backbone.name", cfg.backbone.name, BACKBONES),
         ("data.name", cfg.data.name, DATASETS),
     ):
+        if key == "backbone.name" and name.startswith(TIMM_PREFIX):
+            try:  # timm installed, and the model one of its names
+                check_backbone_name(name)
+            except ValueError as err:
+                raise ConfigError(f"config key 'backbone.name' got '{name}': {err}") from None
+            continue
         if name not in registry:
             raise ConfigError(
                 f"config key '{key}' got unknown name '{name}'; accepted: {', '.join(registry)}."

@@ -9,6 +9,8 @@
 - ``vit_tiny`` / ``vit_small``: torchvision ``VisionTransformer`` returning the class token; patch
   size 4 for small images (64 tokens at 32 px), 16 otherwise.
 - ``small_cnn``: :class:`SmallCNN`, a small ResNet-style net that makes CPU training practical.
+- ``timm/<model>``: any timm model (the optional ``dimcl[timm]`` extra), created with ``num_classes=0``
+  (the pooled features), ``in_chans`` of the dataset and random weights; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["BACKBONES", "SmallCNN", "build_backbone", "time_small_cnn_step"]
+__all__ = ["BACKBONES", "TIMM_PREFIX", "SmallCNN", "build_backbone", "check_backbone_name", "stem_of",
+           "time_small_cnn_step"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +72,15 @@ def _resnet(
         model.conv1 = _kaiming_conv(in_channels, 64, kernel_size=7, stride=2, padding=3)
     model.num_features = model.fc.in_features  # 512 for ResNet-18, 2048 for ResNet-50
     model.fc = nn.Identity()
+    model.cifar_stem = cifar_stem  # resolved, for the exported metadata (see stem_of)
     return model
+
+
+def stem_of(backbone: nn.Module) -> str | None:
+    """``'cifar'`` (3x3 stride-1 conv, no max-pool) or ``'imagenet'`` (7x7 stride 2 + max-pool) for the
+    ResNets; None for backbones without that choice."""
+    cifar_stem = getattr(backbone, "cifar_stem", None)
+    return None if cifar_stem is None else ("cifar" if cifar_stem else "imagenet")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +217,88 @@ def _small_cnn(
 
 
 # ----------------------------------------------------------------------------------------------
+# timm (optional)
+
+#: ``backbone.name=timm/<model>`` builds ``<model>`` from timm
+TIMM_PREFIX = "timm/"
+
+
+def _import_timm():  # noqa: ANN202 (the module)
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(
+            "timm backbones (backbone.name=timm/<model>) need the timm package, which is not installed: "
+            "pip install 'dimcl[timm]'. Or pick a built-in backbone: " + ", ".join(BACKBONES) + "."
+        ) from None
+    return timm
+
+
+def _check_timm_model(model_name: str) -> None:
+    timm = _import_timm()
+    if not timm.is_model(model_name):
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=1)
+        hint = f" Did you mean 'timm/{close[0]}'?" if close else ""
+        raise ValueError(
+            f"Unknown timm model {model_name!r} (backbone 'timm/{model_name}'); timm.list_models() names the "
+            f"accepted ones, e.g. timm/resnet18, timm/vit_tiny_patch16_224, timm/convnext_atto.{hint}"
+        )
+
+
+def timm_kwargs(model_name: str, in_channels: int, image_size: int) -> dict[str, object]:
+    """The ``timm.create_model`` arguments of a dimcl timm backbone, besides ``pretrained=False``.
+
+    ``num_classes=0`` keeps the pooled features and drops the classifier. Models with a fixed input size
+    (ViTs: the position embedding) are told the image size; the others take any size.
+    """
+    kwargs: dict[str, object] = {"num_classes": 0, "in_chans": in_channels}
+    pretrained_cfg = _import_timm().get_pretrained_cfg(model_name)
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        if tuple(pretrained_cfg.input_size[-2:]) != (image_size, image_size):
+            kwargs["img_size"] = image_size
+    return kwargs
+
+
+def _timm(
+    model_name: str,
+    *,
+    in_channels: int = 3,
+    image_size: int = 32,
+    cifar_stem: bool | None = None,
+    patch_size: int | None = None,
+) -> nn.Module:
+    backbone = f"{TIMM_PREFIX}{model_name}"
+    _reject_option(backbone, "cifar_stem", cifar_stem)
+    _reject_option(backbone, "patch_size", patch_size)
+    _check_timm_model(model_name)
+    kwargs = timm_kwargs(model_name, in_channels, image_size)
+    model = _import_timm().create_model(model_name, pretrained=False, **kwargs)
+    # The feature width from the model itself (timm's num_features is the width before the pre-logits
+    # layer of some heads). eval() and no_grad: the probe moves no BatchNorm statistic and draws no
+    # random number, so the run's initialisation is the same as without it.
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model(torch.zeros(2, in_channels, image_size, image_size))
+    except Exception as err:
+        raise ValueError(
+            f"Backbone {backbone!r} cannot take {in_channels}-channel {image_size}x{image_size} images "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); pick a timm model made "
+            "for this input size, or change augment.crop_size."
+        ) from None
+    model.train()
+    if features.ndim != 2:
+        raise ValueError(
+            f"Backbone {backbone!r} returns features of shape {tuple(features.shape)}, not (batch, features); "
+            "pick a timm classification model, whose num_classes=0 form pools its features."
+        )
+    model.num_features = int(features.shape[1])
+    model.timm_model = model_name  # for the exported metadata: rebuild with timm.create_model
+    model.timm_kwargs = kwargs
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
@@ -215,6 +308,21 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vit_small": partial(_vit, "small"),
     "small_cnn": _small_cnn,
 }
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise ``ValueError`` naming the accepted names unless ``name`` is a backbone dimcl can build."""
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        _check_timm_model(name[len(TIMM_PREFIX):])
+        return
+    if name not in BACKBONES:
+        accepted = ", ".join(sorted(BACKBONES))
+        close = difflib.get_close_matches(str(name), list(BACKBONES), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"Unknown backbone {name!r}; accepted names are: {accepted}, or timm/<model> for any timm model "
+            f"(pip install 'dimcl[timm]').{hint}"
+        )
 
 
 def build_backbone(
@@ -230,12 +338,9 @@ def build_backbone(
     ``image_size`` picks the defaults for small images: the CIFAR stem of the ResNets
     (``cifar_stem=None`` means ``image_size <= 64``) and the ViT patch size (``None`` means 4 for
     ``image_size <= 64``, else 16). ViTs only accept ``image_size x image_size`` inputs.
+    ``timm/<model>`` builds a timm model (see the module docstring).
     """
-    if name not in BACKBONES:
-        accepted = ", ".join(sorted(BACKBONES))
-        close = difflib.get_close_matches(str(name), list(BACKBONES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown backbone {name!r}; accepted names are: {accepted}.{hint}")
+    check_backbone_name(name)
     for arg, value in (("in_channels", in_channels), ("image_size", image_size), ("patch_size", patch_size)):
         if arg == "patch_size" and value is None:
             continue
@@ -244,7 +349,7 @@ def build_backbone(
                 f"Backbone {name!r}: {arg} must be a positive integer, got {value!r} "
                 "(e.g. in_channels=3 for RGB or 1 for grayscale, image_size=32 for CIFAR)."
             )
-    builder = BACKBONES[name]
+    builder = partial(_timm, name[len(TIMM_PREFIX):]) if name.startswith(TIMM_PREFIX) else BACKBONES[name]
     return builder(in_channels=in_channels, image_size=image_size, cifar_stem=cifar_stem, patch_size=patch_size)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from dimcl import __version__
 from dimcl.config import AugmentConfig, Config, ConfigError
 from dimcl.data import (
     DatasetInfo,
@@ -27,7 +28,7 @@ from dimcl.data.datasets import seeded_subset
 from dimcl.data.device_views import BatchMultiView, build_batch_views, raw_image_transform
 from dimcl.data.views import ViewConfig
 from dimcl.methods import DimCLConfig, SSLMethod, build_method
-from dimcl.models import build_backbone
+from dimcl.models import build_backbone, stem_of
 
 
 def view_configs(augment: AugmentConfig, info: DatasetInfo) -> list[ViewConfig]:
@@ -168,9 +169,15 @@ def build_method_from_config(cfg: Config, gather_distributed: bool = True) -> SS
 
 
 def backbone_metadata(cfg: Config, backbone: nn.Module) -> dict[str, Any]:
-    """How to rebuild the backbone: stored with the exported weights."""
+    """How to rebuild the backbone and feed it: stored with the exported weights.
+
+    ``backbone``, ``in_channels``, ``image_size``, ``cifar_stem``, ``patch_size`` are the arguments of
+    :func:`~dimcl.models.build_backbone`; ``stem`` says which ResNet stem that gave; inputs are
+    ``(B, in_channels, image_size, image_size)`` normalised per channel with ``mean`` / ``std``, outputs
+    ``(B, num_features)``. timm backbones add ``timm_model`` and ``timm_kwargs`` (for ``timm.create_model``).
+    """
     info = dataset_info(cfg.data.name)
-    return {
+    meta = {
         "backbone": cfg.backbone.name,
         "in_channels": info.in_channels,
         "image_size": crop_size(cfg),
@@ -181,3 +188,15 @@ def backbone_metadata(cfg: Config, backbone: nn.Module) -> dict[str, Any]:
         "method": cfg.method.name,
         "dimcl_weight": cfg.dimcl.weight,
     }
+    return {**meta, **describe_backbone(backbone, cfg.data.name), "dimcl_version": __version__}
+
+
+def describe_backbone(backbone: nn.Module, dataset: str) -> dict[str, Any]:
+    """What a user of the backbone needs besides its weights: the stem, the input normalisation of
+    ``dataset`` and, for timm models, how to create them (files exported before these keys existed get
+    them from here when loaded)."""
+    info = dataset_info(dataset)
+    described: dict[str, Any] = {"stem": stem_of(backbone), "mean": list(info.mean), "std": list(info.std)}
+    if hasattr(backbone, "timm_model"):
+        described.update(timm_model=backbone.timm_model, timm_kwargs=dict(backbone.timm_kwargs))
+    return described
