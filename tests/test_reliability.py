@@ -377,8 +377,14 @@ def test_two_pretrains_on_one_directory_the_second_exits_2_naming_the_first(tiny
                              text=True)
     deadline = time.time() + 300
     while not (run / LOCK).is_file() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    second = subprocess.run(_quick(tiny_fashion_mnist, run), capture_output=True, text=True, timeout=300)
+        time.sleep(0.01)
+    # Paused while it holds the lock: a tiny run could otherwise end before the second has even started
+    # (then the second would only meet the finished run's checkpoint, not its writer).
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(_quick(tiny_fashion_mnist, run), capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err[-3000:]
     _assert_clean_failure(second, 2, str(run), f"process {first.pid}")
