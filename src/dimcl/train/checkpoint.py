@@ -39,6 +39,18 @@ class _WriteErrors:
         self.file.flush()
 
 
+def _os_error_behind(err: BaseException) -> OSError | None:
+    """The first OSError in ``err``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -54,10 +66,12 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
                 sink = _WriteErrors(f)
                 try:
                     torch.save(state, sink)
-                except RuntimeError:
-                    # torch turns a failed write into "unexpected pos ..."; report the write's own error
-                    if sink.error is not None:
-                        raise sink.error from None
+                except RuntimeError as err:
+                    # torch turns a failed write into "unexpected pos ..."; report the write's own error,
+                    # recorded by the sink or left as the context of torch's error
+                    cause = sink.error or _os_error_behind(err)
+                    if cause is not None:
+                        raise cause from None
                     raise
                 f.flush()
                 os.fsync(f.fileno())
