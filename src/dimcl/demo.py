@@ -26,7 +26,7 @@ from dimcl.eval.baselines import ROWS as BASELINE_ROWS
 from dimcl.eval.baselines import baselines, protocol_of, read_baselines, write_baselines
 from dimcl.eval.linear import linear_of_run
 from dimcl.recipes import resolve_recipe
-from dimcl.run_dir import BACKBONE, BASELINES, load_run_config, read_metrics
+from dimcl.run_dir import BASELINES, load_run_config, read_metrics, run_state
 from dimcl.train.loop import pretrain
 
 RECIPE = "fashion_mnist/byol"
@@ -52,15 +52,12 @@ def _run_or_reuse(run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
             same = load_run_config(run_dir) == cfg
         except ValueError:
             same = False
-        records = read_metrics(run_dir)
-        if same and (run_dir / BACKBONE).is_file() and records and records[-1]["epoch"] == cfg.trainer.max_epochs:
+        if same and run_state(run_dir, cfg.trainer.max_epochs) == "finished":
             print(f"reusing the finished run in {run_dir}")
-            return records
-        if same and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            pretrain(cfg, run_dir, resume=True)
             return read_metrics(run_dir)
-        shutil.rmtree(run_dir)  # the demo's own folder, from another budget
-    pretrain(cfg, run_dir)
+        if not same:
+            shutil.rmtree(run_dir)  # the demo's own folder, from another budget
+    pretrain(cfg, run_dir, resume="auto")  # continues an interrupted run of the same budget
     return read_metrics(run_dir)
 
 

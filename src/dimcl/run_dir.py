@@ -58,6 +58,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def run_state(run_dir: str | Path, max_epochs: int) -> str:
+    """``finished`` (backbone exported and ``max_epochs`` recorded), ``interrupted`` (has a checkpoint) or ``new``."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if (run_dir / BACKBONE).is_file() and records and records[-1]["epoch"] >= max_epochs:
+        return "finished"
+    return "interrupted" if (run_dir / CHECKPOINT).is_file() else "new"
+
+
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Append one epoch's record as a whole line (never a torn one, see :func:`dimcl.files.append_line`)."""
     append_line(Path(run_dir) / METRICS, json.dumps(record))

@@ -47,7 +47,7 @@ import yaml
 from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, load_config
 from dimcl.files import write_atomic
 from dimcl.recipes import resolve_recipe
-from dimcl.run_dir import BACKBONE, CHECKPOINT, CONFIG, hold_run_dir, read_metrics
+from dimcl.run_dir import CONFIG, hold_run_dir, read_metrics, run_state
 
 __all__ = ["SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid", "run_sweep"]
 
@@ -192,14 +192,6 @@ def load_grid(grid_file: str | Path) -> SweepSpec:
 # ------------------------------------------------------------------------------------------- running
 
 
-def _cell_state(cfg: Config, run_dir: Path) -> str:
-    """``finished`` (exported and all epochs recorded), ``interrupted`` (has a checkpoint) or ``new``."""
-    records = read_metrics(run_dir)
-    if (run_dir / BACKBONE).is_file() and records and records[-1]["epoch"] >= cfg.trainer.max_epochs:
-        return "finished"
-    return "interrupted" if (run_dir / CHECKPOINT).is_file() else "new"
-
-
 def _check_same_experiment(name: str, cfg: Config, run_dir: Path) -> None:
     """A finished run is only reused for its own cell: refuse one made with other settings."""
     saved = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else None
@@ -309,7 +301,7 @@ def run_sweep(
     states, results = [], []
     for name, cfg, cell in planned:
         run_dir = out_dir / name
-        state = _cell_state(cfg, run_dir)
+        state = run_state(run_dir, cfg.trainer.max_epochs)
         if state != "new":
             _check_same_experiment(name, cfg, run_dir)
         states.append(state)

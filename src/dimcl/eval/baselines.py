@@ -30,6 +30,7 @@ from dimcl.eval.diversity import diversity_report
 from dimcl.eval.knn import extract_features
 from dimcl.eval.linear import FAST, train_linear_probe
 from dimcl.eval.offline import knn_of_features
+from dimcl.files import write_atomic
 from dimcl.run_dir import BASELINES
 from dimcl.train.setup import build_backbone_from_config, build_eval_datasets, num_classes_of
 from dimcl.train.supervised import train_supervised
@@ -145,7 +146,5 @@ def write_baselines(folder: str | Path, record: dict[str, Any]) -> Path:
     ]
     records = sorted([*kept, record], key=lambda r: (json.dumps(r.get("protocol"), sort_keys=True), r.get("seed")))
     path = folder / BASELINES
-    tmp = path.with_name(f".{BASELINES}.tmp")
-    tmp.write_text(json.dumps({"records": records}, indent=2) + "\n")
-    tmp.replace(path)  # a reader never sees half a file
+    write_atomic(path, (json.dumps({"records": records}, indent=2) + "\n").encode())
     return path

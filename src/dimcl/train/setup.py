@@ -78,6 +78,19 @@ def _seeded_subset_of(dataset: Dataset, size: int | None, seed: int, key: str) -
     return seeded_subset(dataset, size, seed)
 
 
+def _labelled_prefix(pretrain_split: Dataset) -> int:
+    """How many images the labelled training split has: the labelled images that open the pretraining split
+    (read from the labels, without decoding or opening the training split a second time)."""
+    labels = labels_of(pretrain_split)
+    count = 0 if labels is None else int((labels >= 0).sum())
+    if labels is not None and not bool((labels[:count] >= 0).all()):
+        raise ConfigError(
+            "data.val_size needs a pretraining split that starts with the labelled training images; this "
+            "dataset's labelled images are not all at its start. Set data.val_size=0."
+        )
+    return count
+
+
 def pretrain_images(cfg: Config, transform: Any) -> Dataset:
     """The images pretraining sees (``data.subset``, minus the ``data.val_size`` hold-out), with ``transform``.
 
@@ -89,8 +102,8 @@ def pretrain_images(cfg: Config, transform: Any) -> Dataset:
         return build_dataset(cfg.data.name, cfg.data.root, "pretrain", transform, subset=cfg.data.subset,
                              seed=cfg.seed, **common)
     full = build_dataset(cfg.data.name, cfg.data.root, "pretrain", transform, **common)
-    num_train = len(build_dataset(cfg.data.name, cfg.data.root, "train", None, **common))
-    kept, _ = validation_split(num_train, cfg.data.val_size)
+    kept, _ = validation_split(_labelled_prefix(full), cfg.data.val_size)
+    num_train = len(kept) + cfg.data.val_size
     remaining = Subset(full, kept + list(range(num_train, len(full))))
     return _seeded_subset_of(remaining, cfg.data.subset, cfg.seed, "data.subset")
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from dimcl.config import Config, ConfigError
 from dimcl.data import ViewConfig, build_view_transform, dataset_info, labels_of
+from dimcl.train.sampling import epoch_seed
 from dimcl.train.schedules import warmup_cosine
 from dimcl.train.setup import build_backbone_from_config, crop_size, pretrain_images, view_configs
 
@@ -75,8 +76,8 @@ def train_supervised(
     backbone.train()
     head.train()
     for epoch in range(epochs):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        generator.manual_seed(cfg.seed * 100_003 + epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        generator.manual_seed(epoch_seed(cfg.seed, epoch))
         correct = seen = 0
         for images, targets in loader:
             for group in optimizer.param_groups:
