@@ -52,7 +52,8 @@ def test_gradcheck_of_the_blockwise_function():
 def test_auto_switches_above_the_threshold(monkeypatch):
     calls = []
     original = blockwise_module.blockwise_contrast
-    monkeypatch.setattr(blockwise_module, "blockwise_contrast", lambda *a: calls.append(1) or original(*a))
+    # dimcl_loss calls the name it imported into dimcl.losses.dimcl.
+    monkeypatch.setattr(dimcl_module, "blockwise_contrast", lambda *a: calls.append(1) or original(*a))
     z1, z2 = _pair(8, 6, seed=5)
     dimcl_loss(z1, z2)  # 2D = 12 <= threshold: plain
     assert calls == []

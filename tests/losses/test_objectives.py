@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dimcl.losses import barlow_twins_loss, byol_loss, moco_loss, nt_xent_loss, simsiam_loss, vicreg_loss
+from dimcl.losses.info_nce import two_view_info_nce
 
 
 def _pair(n=6, d=4, seed=0):
@@ -27,6 +28,15 @@ def test_nt_xent_matches_reference():
         denominator = sum(math.exp(_cos(u[i], u[j]) / tau) for j in range(2 * n) if j != i)
         total += -math.log(math.exp(_cos(u[i], u[pos]) / tau) / denominator)
     assert math.isclose(nt_xent_loss(z1, z2, tau).item(), total / (2 * n), rel_tol=1e-10)
+
+
+def test_two_view_info_nce_is_nt_xent_of_the_unit_vectors_and_leaves_its_argument_alone():
+    z1, z2 = _pair(seed=5)
+    u = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    similarity = u @ u.T
+    before = similarity.clone()
+    assert torch.equal(two_view_info_nce(similarity, 0.2), nt_xent_loss(z1, z2, 0.2))
+    assert torch.equal(similarity, before)  # the self-similarities are masked in a copy
 
 
 def test_moco_matches_reference():

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dimcl.distributed import gather
+from dimcl.losses.dimcl_blockwise import blockwise_contrast, uniform_contrast
+from dimcl.losses.info_nce import positive_index, two_view_info_nce
 from dimcl.losses.precision import computed_in_float32
 
 STANDARDIZE_EPS = 1e-5
@@ -79,24 +81,17 @@ def dimension_vectors(z1: torch.Tensor, z2: torch.Tensor, eps: float = STANDARDI
     return F.normalize(h, dim=1)
 
 
-def positive_index(num_dims: int, device: torch.device | None = None) -> torch.Tensor:
-    """Index of each of the 2D vectors' positive: the same dimension in the other view."""
-    idx = torch.arange(num_dims, device=device)
-    return torch.cat([idx + num_dims, idx])
-
-
 def contrast_similarities(similarity: torch.Tensor, temperature: float, hardness_aware: bool = True) -> torch.Tensor:
     """Loss from the (2D, 2D) cosine similarities of the dimension vectors (rows are anchors).
 
-    Row i's positive is column (i + D) mod 2D; the diagonal is excluded.
+    Row i's positive is column (i + D) mod 2D; the diagonal is excluded. The hardness-aware form is
+    the two-view InfoNCE that NT-Xent uses too (:mod:`dimcl.losses.info_nce`).
     """
+    if hardness_aware:
+        return two_view_info_nce(similarity, temperature)
     two_d = similarity.shape[0]
     pos = positive_index(two_d // 2, similarity.device)
     logits = similarity / temperature
-    if hardness_aware:
-        # In place (the division's backward does not need its output): no second (2D, 2D) copy, no mask.
-        logits.diagonal().fill_(float("-inf"))
-        return F.cross_entropy(logits, pos)
     positive = logits.gather(1, pos[:, None]).squeeze(1)
     # Every entry except self and the positive is a negative: 2D - 2 of them per row.
     negative_sum = logits.sum(dim=1) - logits.diagonal() - positive
@@ -133,8 +128,6 @@ def dimcl_loss(
     blockwise = implementation == "blockwise" or (implementation == "auto" and h.shape[0] > BLOCKWISE_ABOVE)
     if not blockwise:
         return contrast_similarities(h @ h.T, temperature, hardness_aware)
-    from dimcl.losses.dimcl_blockwise import blockwise_contrast, uniform_contrast  # it imports this module
-
     return blockwise_contrast(h, temperature) if hardness_aware else uniform_contrast(h, temperature)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from dimcl.losses.dimcl import positive_index
+from dimcl.losses.info_nce import positive_index
 
 #: anchor rows per block: (block, 2D) logits; 1024 x 16384 float32 is 64 MiB
 DEFAULT_BLOCK_SIZE = 1024

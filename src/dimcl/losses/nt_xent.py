@@ -4,6 +4,7 @@ For projections ``z1, z2`` (N, d), L2-normalised and stacked into 2N vectors ``u
 
     L = -1/(2N) Σ_i log( exp(u_i·u_p(i)/τ) / Σ_{j≠i} exp(u_i·u_j/τ) ),   p(i) = (i + N) mod 2N
 
+that is the two-view InfoNCE of :mod:`dimcl.losses.info_nce` with the samples as its vectors.
 With ``gather_distributed`` the negatives are the whole global batch.
 """
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dimcl.distributed import gather
+from dimcl.losses.info_nce import two_view_info_nce
 from dimcl.losses.precision import computed_in_float32
 
 
@@ -25,11 +27,5 @@ def nt_xent_loss(
         raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
     if gather_distributed:
         z1, z2 = gather(z1), gather(z2)
-    n = z1.shape[0]
     u = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
-    logits = (u @ u.T) / temperature
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=u.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    idx = torch.arange(n, device=u.device)
-    positives = torch.cat([idx + n, idx])
-    return F.cross_entropy(logits, positives)
+    return two_view_info_nce(u @ u.T, temperature)
