@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dimcl.config import ConfigError, config_differences, config_from_dict, load_config, parse_override
-from dimcl.recipes import list_recipes, resolve_recipe
+from dimcl.config import ConfigError, config_differences, parse_override
+from dimcl.recipes import config_from_dict, list_recipes, load_config, resolve_recipe
 
 DATASETS = ("cifar10", "cifar100", "stl10", "imagenet100", "fashion_mnist")
 METHODS = ("simclr", "mocov2plus", "byol", "simsiam", "barlow_twins", "vicreg")

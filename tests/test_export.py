@@ -12,12 +12,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 import dimcl
+from dimcl.checkpoint import CheckpointError, load_backbone_weights
 from dimcl.cli import main
-from dimcl.config import load_config
 from dimcl.data import dataset_info
 from dimcl.export import EXPORT_FORMATS, export, load_backbone
-from dimcl.recipes import resolve_recipe
-from dimcl.train.checkpoint import CheckpointError, load_backbone_weights
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.train.loop import pretrain
 
 #: one epoch of two steps on 16 px crops: ResNet-18 is slow on a CPU, and the weights need only be trained ones

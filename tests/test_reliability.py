@@ -23,12 +23,11 @@ import torch
 from conftest import TINY_RUN, write_fashion_mnist
 from PIL import Image
 
-from dimcl.config import load_config
+from dimcl.checkpoint import CheckpointError, load_checkpoint
 from dimcl.data import BadImageError, build_dataset
 from dimcl.data.datasets import load_safe_pickle
-from dimcl.recipes import resolve_recipe
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import LOCK, TIMING_KEYS, read_metrics
-from dimcl.train.checkpoint import CheckpointError, load_checkpoint
 from dimcl.train.loop import NonFiniteLossError, Pretrainer, pretrain
 
 DIMCL = str(Path(sys.executable).with_name("dimcl"))

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import TINY_RUN
 
-from dimcl.config import ConfigError, load_config, parse_override
-from dimcl.recipes import resolve_recipe
+from dimcl.config import ConfigError, parse_override
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import BACKBONE, CHECKPOINT, METRICS, read_metrics
 from dimcl.sweep import SweepSpec, cell_name, cell_overrides, cell_recipe, load_grid, parse_shard, run_sweep
 

@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimcl.config import load_config
+from dimcl.build import build_method_from_config
 from dimcl.methods import METHODS, cosine_momentum
-from dimcl.recipes import resolve_recipe
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.train.loop import Pretrainer, compile_networks, pretrain
 from dimcl.train.optim import build_optimizer
-from dimcl.train.setup import build_method_from_config
 
 AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

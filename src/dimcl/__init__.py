@@ -5,8 +5,7 @@
 
 from typing import Any
 
-#: the one home of the version: pyproject.toml reads it from here (statically, without importing dimcl)
-__version__ = "0.1.0"
+from dimcl.version import __version__
 
 __all__ = ["__version__", "load_backbone"]
 

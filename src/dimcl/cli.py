@@ -11,18 +11,19 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from dimcl import __version__
-from dimcl.config import ConfigError, load_config
+from dimcl.config import ConfigError
 from dimcl.files import WriteFailedError
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
+from dimcl.version import __version__
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from dimcl.recipes import resolve_recipe
+    from dimcl.recipes import load_config, resolve_recipe
     from dimcl.train.loop import pretrain
 
     resume, overrides = args.resume, list(args.overrides)
@@ -50,8 +51,8 @@ def _cmd_knn(args: argparse.Namespace) -> int:
 
 def _cmd_linear(args: argparse.Namespace) -> int:
     from dimcl.eval.linear import linear_of_run
-    from dimcl.eval.offline import run_dir_of
     from dimcl.run_dir import hold_run_dir
+    from dimcl.trained import run_dir_of
 
     # The run directory is written (its feature cache) even when linear.json goes elsewhere.
     with hold_run_dir(run_dir_of(args.ckpt)):
@@ -69,8 +70,8 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from dimcl.eval.baselines import baselines, write_baselines
-    from dimcl.recipes import resolve_recipe
+    from dimcl.baselines import baselines, write_baselines
+    from dimcl.recipes import load_config, resolve_recipe
 
     path = resolve_recipe(args.config) if args.config else None
     cfg = load_config(path, args.overrides)
@@ -85,8 +86,8 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dimcl.eval.diversity import diagnose_run
-    from dimcl.eval.offline import run_dir_of
     from dimcl.run_dir import hold_run_dir
+    from dimcl.trained import run_dir_of
 
     with hold_run_dir(args.out or run_dir_of(args.ckpt)):
         result = diagnose_run(args.ckpt, num_images=args.images, device=args.device, out_dir=args.out)
@@ -149,7 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dimcl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_pretrain_and_evaluations(sub)
+    _add_sweeps_and_outputs(sub)
+    return parser
 
+
+def _add_pretrain_and_evaluations(sub: Any) -> None:
+    """``pretrain``, then the evaluations of a run: ``knn``, ``linear``, ``baselines``, ``analyze``."""
     p = sub.add_parser(
         "pretrain",
         help="pretrain a backbone with an SSL method (+DimCL)",
@@ -207,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the run directory)")
     p.set_defaults(func=_cmd_analyze)
 
+
+def _add_sweeps_and_outputs(sub: Any) -> None:
+    """``sweep``, ``report``, ``export``, ``list`` and ``demo``."""
     p = sub.add_parser("sweep", help="run a grid of configurations, resumably",
                        description="Runs every cell of a grid file one after another, each a normal run "
                        "directory; finished cells are skipped and interrupted ones resumed.")
@@ -250,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the two arms one after the other (default: side by side, one thread each)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for both runs")
     p.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

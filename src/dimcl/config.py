@@ -12,7 +12,6 @@ queue size, ...): they are checked against the options the chosen method actuall
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from dimcl.files import write_atomic
+from dimcl.names import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -30,22 +30,39 @@ class ConfigError(ValueError):
 
 @dataclass
 class MethodConfig:
+    #: the SSL method: simclr, mocov2plus, byol, simsiam, barlow_twins, vicreg (``dimcl list``)
     name: str = "byol"
     #: the method's own keyword options, validated against ``dimcl.methods.method_options(name)``
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class DimCLSection:
+class DimCLConfig:
+    """The DimCL switch: λ (``weight``; 0 is the plain method, 0.1 the paper's), τ (``temperature``) and
+    the form of the loss. The config's default is the paper's λ; a method built without one is plain."""
+
+    #: λ: the loss is (1 - λ) · the method's loss + λ · DimCL; 0 is the plain method
     weight: float = 0.1
+    #: τ of DimCL's InfoNCE over dimensions
     temperature: float = 0.1
+    #: true: DimCL's InfoNCE; false: the uniform ablation (every negative dimension weighted alike)
     hardness_aware: bool = True
     #: plain (2D x 2D similarity matrix), blockwise (memory-lean), or auto (blockwise for wide projectors)
     implementation: Literal["auto", "plain", "blockwise"] = "auto"
 
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+    def check(self) -> None:
+        """The one check of DimCL's ranges (the loss checks ``implementation`` when it is built)."""
+        require(0.0 <= self.weight <= 1.0, "dimcl.weight", self.weight, "λ must lie in [0, 1]; 0 is the plain method")
+        require(self.temperature > 0, "dimcl.temperature", self.temperature, "τ must be > 0 (the paper uses 0.1)")
+
 
 @dataclass
 class BackboneConfig:
+    #: resnet18, resnet50, vit_tiny, vit_small, small_cnn, or timm/<model> (``pip install 'dimcl[timm]'``)
     name: str = "resnet18"
     #: None: decided by image size (a CIFAR stem for images of 64 px and less)
     cifar_stem: bool | None = None
@@ -55,9 +72,11 @@ class BackboneConfig:
 
 @dataclass
 class DataConfig:
+    #: fashion_mnist, cifar10, cifar100, stl10, imagenet100 or imagefolder (``dimcl list``)
     name: str = "cifar10"
     #: None: the dataset's default location (Fashion-MNIST: the Debian package's folder)
     root: str | None = None
+    #: fetch missing files with torchvision's downloaders (CIFAR, STL-10, Fashion-MNIST)
     download: bool = False
     #: pretrain on a fixed, seeded subset of this many training images
     subset: int | None = None
@@ -69,6 +88,7 @@ class DataConfig:
     val_size: int = 0
     #: per device
     batch_size: int = 256
+    #: loader worker processes per device (0: load in the training process)
     num_workers: int = 2
     #: an image file that cannot be decoded: stop the run naming it (fail), or skip and count it (skip)
     on_bad_image: Literal["fail", "skip"] = "fail"
@@ -84,36 +104,55 @@ class AugmentConfig:
     Scalars apply to both views; a two-element list gives each view its own value.
     """
 
+    #: side of the random-resized crop in pixels
     crop_size: int | None = None
+    #: [min, max] fraction of the image area a random-resized crop covers
     crop_scale: list[float] | None = None
+    #: probability of a horizontal flip
     horizontal_flip: float | list[float] | None = None
+    #: colour-jitter strength of brightness
     brightness: float | list[float] | None = None
+    #: colour-jitter strength of contrast
     contrast: float | list[float] | None = None
+    #: colour-jitter strength of saturation (colour images only)
     saturation: float | list[float] | None = None
+    #: colour-jitter strength of hue, at most 0.5 (colour images only)
     hue: float | list[float] | None = None
+    #: probability of applying the colour jitter
     color_jitter_prob: float | list[float] | None = None
+    #: probability of turning the view grey (colour images only)
     grayscale_prob: float | list[float] | None = None
+    #: probability of a Gaussian blur
     gaussian_blur_prob: float | list[float] | None = None
+    #: probability of solarization
     solarization_prob: float | list[float] | None = None
 
 
 @dataclass
 class OptimConfig:
+    #: LARS (the SSL default), SGD with momentum, or AdamW
     name: Literal["lars", "sgd", "adamw"] = "lars"
     #: learning rate for a global batch of 256, scaled linearly with the global batch size
     lr: float = 1.0
+    #: decoupled for AdamW, L2 for SGD and LARS
     weight_decay: float = 1e-5
+    #: SGD / LARS momentum
     momentum: float = 0.9
     #: LARS trust coefficient
     eta: float = 0.02
     #: biases and normalisation parameters get no weight decay and no LARS adaptation
     exclude_bias_and_norm: bool = True
+    #: linear warm-up of the learning rate, then a cosine decay to ``min_lr`` (per optimizer step)
     warmup_epochs: float = 10.0
+    #: the learning rate at the first step of the warm-up
     warmup_start_lr: float = 3e-5
+    #: the learning rate at the last step
     min_lr: float = 0.0
     #: the online linear probe's learning rate (constant, no weight decay)
     classifier_lr: float = 0.1
+    #: optimizer step every this many batches (the global batch grows by as much)
     accumulate_grad_batches: int = 1
+    #: AdamW's betas
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     #: PyTorch's fused SGD / AdamW kernels (None: on CUDA only); LARS updates all tensors at once off the CPU
     fused: bool | None = None
@@ -121,15 +160,25 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
+    #: epochs of pretraining; the schedules span them all
     max_epochs: int = 200
+    #: Lightning Fabric's accelerator (auto: CUDA when present, else the CPU)
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
+    #: devices per node; more than one runs DDP (start the processes with torchrun)
     devices: int = 1
+    #: machines of a multi-node run
     num_nodes: int = 1
+    #: Fabric's strategy; ddp for several devices (ddp_spawn is refused)
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = "auto"
+    #: 32 (float32), bf16-mixed or 16-mixed autocast; the losses always compute in float32
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32"
+    #: batch-norm statistics over all devices (CUDA only)
     sync_batchnorm: bool = False
+    #: a progress bar per epoch (off: one line per epoch)
     progress_bar: bool = True
+    #: progress-bar updates, and the stop-signal check across devices, every this many steps
     log_every_n_steps: int = 50
+    #: also log to <run>/tensorboard (needs ``pip install 'dimcl[tensorboard]'``)
     tensorboard: bool = True
     #: also checkpoint every this many optimizer steps within an epoch (0: at epoch ends only)
     checkpoint_every_n_steps: int = 0
@@ -143,11 +192,15 @@ class TrainerConfig:
 class EvalConfig:
     #: kNN top-1 every this many epochs (and always after the last); 0 turns it off
     every: int = 1
+    #: neighbours of the weighted kNN
     knn_k: int = 200
+    #: temperature of the kNN's similarity weights
     knn_temperature: float = 0.07
+    #: train a linear probe on detached features during pretraining (probe_top1 in the metrics)
     online_probe: bool = True
     #: feature-diversity figures (correlation, effective rank, collapsed dims) every epoch, on a fixed batch
     diagnose: bool = True
+    #: the fixed evaluation images the diversity figures are computed on
     diagnose_images: int = 1024
 
 
@@ -155,7 +208,7 @@ class EvalConfig:
 class Config:
     seed: int = 0
     method: MethodConfig = field(default_factory=MethodConfig)
-    dimcl: DimCLSection = field(default_factory=DimCLSection)
+    dimcl: DimCLConfig = field(default_factory=DimCLConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -173,19 +226,14 @@ class Config:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _did_you_mean(value: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def _type_name(hint: Any) -> str:
+def type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+        return f"a list of {type_name(typing.get_args(hint)[0])}"
     if origin is dict:
         return "a mapping"
     if hint is type(None):
@@ -193,42 +241,42 @@ def _type_name(hint: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(hint, str(hint))
 
 
-_NO_MATCH = object()
+NO_MATCH = object()
 
 
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` converted to ``hint`` when it fits, else ``_NO_MATCH``."""
+def coerce_value(value: Any, hint: Any) -> Any:
+    """``value`` converted to ``hint`` when it fits, else ``NO_MATCH``."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(hint):
-            out = _coerce(value, arg)
-            if out is not _NO_MATCH:
+            out = coerce_value(value, arg)
+            if out is not NO_MATCH:
                 return out
-        return _NO_MATCH
+        return NO_MATCH
     if origin is Literal:
         choices = typing.get_args(hint)
         if value in choices:
             return value
         if isinstance(value, int | float) and str(value) in choices:  # precision: 32 -> "32"
             return str(value)
-        return _NO_MATCH
+        return NO_MATCH
     if origin is list:
         if not isinstance(value, list | tuple):
-            return _NO_MATCH
-        items = [_coerce(v, typing.get_args(hint)[0]) for v in value]
-        return _NO_MATCH if any(i is _NO_MATCH for i in items) else items
+            return NO_MATCH
+        items = [coerce_value(v, typing.get_args(hint)[0]) for v in value]
+        return NO_MATCH if any(i is NO_MATCH for i in items) else items
     if origin is dict:
-        return dict(value) if isinstance(value, dict) else _NO_MATCH
+        return dict(value) if isinstance(value, dict) else NO_MATCH
     if hint is type(None):
-        return None if value is None else _NO_MATCH
+        return None if value is None else NO_MATCH
     if hint is bool:
-        return value if isinstance(value, bool) else _NO_MATCH
+        return value if isinstance(value, bool) else NO_MATCH
     if hint is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+        return value if isinstance(value, int) and not isinstance(value, bool) else NO_MATCH
     if hint is float:
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else _NO_MATCH
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else NO_MATCH
     if hint is str:
-        return value if isinstance(value, str) else _NO_MATCH
+        return value if isinstance(value, str) else NO_MATCH
     return value
 
 
@@ -236,7 +284,7 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     """Set dotted ``key`` on ``cfg``, checking that the key exists and the value has its type."""
     parts = key.split(".")
     if parts[0] == "method" and len(parts) == 2 and parts[1] != "name":
-        cfg.method.options[parts[1]] = value  # checked against the method in validate()
+        cfg.method.options[parts[1]] = value  # checked against the method in dimcl.recipes.check_names
         return
     node: Any = cfg
     for depth, part in enumerate(parts):
@@ -245,7 +293,7 @@ def _set(cfg: Config, key: str, value: Any) -> None:
             where = ".".join(parts[:depth]) or "the top level"
             raise ConfigError(
                 f"unknown config key '{key}': '{part}' is not a key of {where}; "
-                f"accepted: {', '.join(names)}.{_did_you_mean(part, names)}"
+                f"accepted: {', '.join(names)}.{did_you_mean(part, names)}"
             )
         hint = typing.get_type_hints(type(node))[part]
         if depth == len(parts) - 1:
@@ -255,11 +303,11 @@ def _set(cfg: Config, key: str, value: Any) -> None:
                 for sub_key, sub_value in value.items():
                     _set(cfg, f"{key}.{sub_key}", sub_value)
                 return
-            converted = _coerce(value, hint)
-            if converted is _NO_MATCH:
-                extra = _did_you_mean(str(value), typing.get_args(hint)) if typing.get_origin(hint) is Literal else ""
+            converted = coerce_value(value, hint)
+            if converted is NO_MATCH:
+                extra = did_you_mean(str(value), typing.get_args(hint)) if typing.get_origin(hint) is Literal else ""
                 raise ConfigError(
-                    f"config key '{key}' got {value!r}, which is not {_type_name(hint)}.{extra}"
+                    f"config key '{key}' got {value!r}, which is not {type_name(hint)}.{extra}"
                 )
             setattr(node, part, converted)
             return
@@ -292,148 +340,121 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- the YAML recipe at ``path`` <- ``key=value`` overrides, then :func:`validate`."""
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of keys in the YAML recipe at ``path``; a one-paragraph error for a missing or bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; `dimcl list` shows the bundled recipes")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "a syntax error"
+        raise ConfigError(f"config file '{path}' is not valid YAML: {problem}{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def make_config(data: dict[str, Any] | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults <- ``data`` (a recipe's mapping, or :meth:`Config.to_dict` output) <- ``key=value``
+    overrides, with every key, type and range checked (:func:`check_values`).
+
+    The names (method, backbone, dataset) and the method's own options are checked against the
+    registries by :func:`dimcl.recipes.load_config`, which is what callers use.
+    """
     cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist; `dimcl list` shows the bundled recipes")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or "a syntax error"
-            raise ConfigError(f"config file '{path}' is not valid YAML: {problem}{where}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
-        for key, value in flatten_config(data).items():
-            _set(cfg, key, value)
+    for key, value in flatten_config(data or {}).items():
+        _set(cfg, key, value)
     for text in overrides:
         _set(cfg, *parse_override(text))
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from :meth:`Config.to_dict` output (e.g. a run's config.yaml)."""
-    cfg = Config()
-    for key, value in flatten_config(data).items():
-        _set(cfg, key, value)
-    validate(cfg)
+    check_values(cfg)
     return cfg
 
 
 # ------------------------------------------------------------------------------------------ validation
 
 
-def _require(ok: bool, key: str, value: Any, accepted: str) -> None:
+def require(ok: bool, key: str, value: Any, accepted: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' got {value!r}; {accepted}")
 
 
-def validate(cfg: Config) -> None:
-    """Check names against the registries and values against their ranges."""
-    from dimcl.data import DATASETS
-    from dimcl.methods import METHODS, method_options
-    from dimcl.models import BACKBONES, TIMM_PREFIX, check_backbone_name
+def check_values(cfg: Config) -> None:
+    """Check every value against its range, section by section (names: :func:`dimcl.recipes.check_names`)."""
+    cfg.dimcl.check()
+    _check_data(cfg.data)
+    _check_trainer(cfg.trainer)
+    _check_optim(cfg.optim)
+    _check_eval(cfg.eval)
+    _check_augment(cfg.augment)
 
-    for key, name, registry in (
-        ("method.name", cfg.method.name, METHODS),
-        ("backbone.name", cfg.backbone.name, BACKBONES),
-        ("data.name", cfg.data.name, DATASETS),
-    ):
-        if key == "backbone.name" and name.startswith(TIMM_PREFIX):
-            try:  # timm installed, and the model one of its names
-                check_backbone_name(name)
-            except ValueError as err:
-                raise ConfigError(f"config key 'backbone.name' got '{name}': {err}") from None
-            continue
-        if name not in registry:
-            raise ConfigError(
-                f"config key '{key}' got unknown name '{name}'; accepted: {', '.join(registry)}."
-                f"{_did_you_mean(name, registry)}"
-            )
-    accepted = method_options(cfg.method.name)
-    for option, value in cfg.method.options.items():
-        if option not in accepted:
-            raise ConfigError(
-                f"config key 'method.{option}' is not an option of method '{cfg.method.name}'; its options are: "
-                f"{', '.join(accepted)}.{_did_you_mean(option, accepted)} (Switching methods? Start from that "
-                "method's own recipe, e.g. -c <dataset>/<method>; `dimcl list` shows them.)"
-            )
-        default = accepted[option]
-        hint = type(default) if default is not None else typing.Any
-        converted = _coerce(value, hint)
-        _require(converted is not _NO_MATCH, f"method.{option}", value, f"it takes {_type_name(hint)}")
-        if isinstance(converted, int | float) and not isinstance(converted, bool):
-            _require(converted > 0, f"method.{option}", value, "it must be > 0")
-        cfg.method.options[option] = converted
 
-    d, o, t, e = cfg.dimcl, cfg.optim, cfg.trainer, cfg.eval
-    _require(0.0 <= d.weight <= 1.0, "dimcl.weight", d.weight, "λ must lie in [0, 1]; 0 is the plain method")
-    _require(d.temperature > 0, "dimcl.temperature", d.temperature, "τ must be > 0 (the paper uses 0.1)")
-    _require(
-        cfg.data.batch_size >= 2,
+def _check_data(d: DataConfig) -> None:
+    require(
+        d.batch_size >= 2,
         "data.batch_size",
-        cfg.data.batch_size,
+        d.batch_size,
         "the batch size per device must be at least 2: DimCL and the batch-norm based objectives "
         "standardise over the batch",
     )
-    _require(cfg.data.num_workers >= 0, "data.num_workers", cfg.data.num_workers, "it must be >= 0")
+    require(d.num_workers >= 0, "data.num_workers", d.num_workers, "it must be >= 0")
     for key in ("subset", "eval_subset"):
-        value = getattr(cfg.data, key)
-        _require(value is None or value >= 1, f"data.{key}", value, "it must be null or a positive count")
-    _require(
-        cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size,
+        value = getattr(d, key)
+        require(value is None or value >= 1, f"data.{key}", value, "it must be null or a positive count")
+    require(
+        d.val_size >= 0, "data.val_size", d.val_size,
         "it must be >= 0 (0: evaluate on the test split, N: on N images held out from the training split)",
     )
-    _require(t.max_epochs >= 1, "trainer.max_epochs", t.max_epochs, "it must be a positive number of epochs")
-    _require(t.devices >= 1, "trainer.devices", t.devices, "it must be >= 1")
-    _require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "it must be >= 1")
+
+
+def _check_trainer(t: TrainerConfig) -> None:
+    require(t.max_epochs >= 1, "trainer.max_epochs", t.max_epochs, "it must be a positive number of epochs")
+    require(t.devices >= 1, "trainer.devices", t.devices, "it must be >= 1")
+    require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "it must be >= 1")
     # Fabric's spawn launcher needs the whole run as one picklable function; dimcl's processes are started
     # the way torchrun starts them (the command again, once per device), which 'ddp' does.
-    _require(
+    require(
         t.strategy != "ddp_spawn", "trainer.strategy", t.strategy,
         "dimcl does not spawn its processes: use trainer.strategy=ddp (the same data parallelism, each process "
         "started as the command itself) or auto",
     )
-    _require(
+    require(
         t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps,
         "it must be >= 0 (0: checkpoint at epoch ends only)",
     )
-    _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "it must be >= 1")
-    _require(o.lr > 0, "optim.lr", o.lr, "the learning rate must be > 0")
-    _require(o.classifier_lr > 0, "optim.classifier_lr", o.classifier_lr, "it must be > 0")
-    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "it must be >= 0")
-    _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "it must lie in [0, 1)")
-    _require(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "it must be >= 0")
-    _require(o.min_lr >= 0, "optim.min_lr", o.min_lr, "it must be >= 0")
-    _require(
+    require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "it must be >= 1")
+
+
+def _check_optim(o: OptimConfig) -> None:
+    require(o.lr > 0, "optim.lr", o.lr, "the learning rate must be > 0")
+    require(o.classifier_lr > 0, "optim.classifier_lr", o.classifier_lr, "it must be > 0")
+    require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "it must be >= 0")
+    require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "it must lie in [0, 1)")
+    require(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "it must be >= 0")
+    require(o.min_lr >= 0, "optim.min_lr", o.min_lr, "it must be >= 0")
+    require(
         o.accumulate_grad_batches >= 1, "optim.accumulate_grad_batches", o.accumulate_grad_batches, "it must be >= 1"
     )
-    _require(e.every >= 0, "eval.every", e.every, "it must be >= 0 (0 turns kNN evaluation off)")
-    _require(e.knn_k >= 1, "eval.knn_k", e.knn_k, "it must be >= 1")
-    _require(e.diagnose_images >= 2, "eval.diagnose_images", e.diagnose_images, "it must be >= 2")
-    _require(e.knn_temperature > 0, "eval.knn_temperature", e.knn_temperature, "it must be > 0")
-    a = cfg.augment
-    if DATASETS[cfg.data.name].in_channels == 1:
-        for name in ("saturation", "hue", "grayscale_prob"):
-            value = getattr(a, name)
-            _require(
-                value is None or all(v == 0 for v in (value if isinstance(value, list) else [value])),
-                f"augment.{name}", value,
-                f"dataset '{cfg.data.name}' has one channel, where {name} means nothing; leave it unset",
-            )
+
+
+def _check_eval(e: EvalConfig) -> None:
+    require(e.every >= 0, "eval.every", e.every, "it must be >= 0 (0 turns kNN evaluation off)")
+    require(e.knn_k >= 1, "eval.knn_k", e.knn_k, "it must be >= 1")
+    require(e.diagnose_images >= 2, "eval.diagnose_images", e.diagnose_images, "it must be >= 2")
+    require(e.knn_temperature > 0, "eval.knn_temperature", e.knn_temperature, "it must be > 0")
+
+
+def _check_augment(a: AugmentConfig) -> None:
     if a.crop_scale is not None:
-        _require(
+        require(
             len(a.crop_scale) == 2 and 0 < a.crop_scale[0] <= a.crop_scale[1] <= 1,
             "augment.crop_scale",
             a.crop_scale,
             "it takes [min, max] with 0 < min <= max <= 1",
         )
-    _require(a.crop_size is None or a.crop_size >= 1, "augment.crop_size", a.crop_size, "it must be >= 1")
+    require(a.crop_size is None or a.crop_size >= 1, "augment.crop_size", a.crop_size, "it must be >= 1")
     for f in dataclasses.fields(a):
         if f.name in ("crop_size", "crop_scale"):
             continue
@@ -441,10 +462,10 @@ def validate(cfg: Config) -> None:
         values = value if isinstance(value, list) else [value]
         if value is None:
             continue
-        _require(len(values) in (1, 2), f"augment.{f.name}", value, "it takes a number or a list of two (per view)")
+        require(len(values) in (1, 2), f"augment.{f.name}", value, "it takes a number or a list of two (per view)")
         upper = 0.5 if f.name == "hue" else (None if f.name in ("brightness", "contrast", "saturation") else 1.0)
         ok = all(v >= 0 and (upper is None or v <= upper) for v in values)
-        _require(ok, f"augment.{f.name}", value, f"values must lie in [0, {upper if upper is not None else 'inf'}]")
+        require(ok, f"augment.{f.name}", value, f"values must lie in [0, {upper if upper is not None else 'inf'}]")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -452,14 +473,16 @@ def save_config(cfg: Config, path: str | Path) -> None:
     write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
-#: keys that change only what a run shows or logs, how often it saves, or how fast it goes (up to the
-#: order of floating-point operations): runs that differ in them are the same experiment, and a run may
-#: be resumed with other values of them
+#: keys that change only where the run reads its files, what it shows or logs, how often it saves, or
+#: how fast it goes (up to the order of floating-point operations): runs that differ in them are the same
+#: experiment (the report groups them), and a run may be resumed with other values of them
 RUN_ONLY_KEYS = frozenset({
     "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard", "trainer.checkpoint_every_n_steps",
-    "trainer.compile", "trainer.channels_last", "optim.fused", "data.num_workers", "data.on_bad_image",
-    "data.augment_on",
+    "trainer.compile", "trainer.channels_last", "trainer.accelerator", "trainer.strategy", "optim.fused",
+    "data.num_workers", "data.on_bad_image", "data.augment_on", "data.root", "data.download",
 })
+#: what a run may be resumed with besides :data:`RUN_ONLY_KEYS`: more epochs (the schedules stretch)
+RESUMABLE_KEYS = RUN_ONLY_KEYS | {"trainer.max_epochs"}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:

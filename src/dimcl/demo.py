@@ -2,7 +2,7 @@
 
 Both runs use the same recipe, seed and budget; only ``dimcl.weight`` differs (0 vs 0.1). The floors are
 the raw pixels and the same backbone with random weights, the ceiling the same backbone trained with
-labels for the same epochs on the same images (:mod:`dimcl.eval.baselines`), all evaluated by the same
+labels for the same epochs on the same images (:mod:`dimcl.baselines`), all evaluated by the same
 kNN and linear probe. Writes into ``out``: the two run directories, ``baselines.json``, ``summary.md``,
 ``summary.json`` and ``curves.png``.
 """
@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from dimcl.config import Config, load_config
-from dimcl.eval.baselines import ROWS as BASELINE_ROWS
-from dimcl.eval.baselines import baselines, protocol_of, read_baselines, write_baselines
+from dimcl.baselines import ROWS as BASELINE_ROWS
+from dimcl.baselines import baselines, protocol_of, read_baselines, write_baselines
+from dimcl.config import Config
 from dimcl.eval.linear import linear_of_run
-from dimcl.recipes import resolve_recipe
-from dimcl.run_dir import BASELINES, load_run_config, read_metrics, run_state
+from dimcl.recipes import load_config, resolve_recipe
+from dimcl.run_dir import BASELINES, LINEAR, load_run_config, read_metrics, read_result, run_state
 from dimcl.train.loop import pretrain
 
 RECIPE = "fashion_mnist/byol"
@@ -87,10 +87,8 @@ def _train_arms(out: Path, base: list[str], parallel: bool) -> dict[str, list[di
 
 def _linear(run_dir: Path) -> dict[str, Any]:
     """The fast linear probe of a finished run (reused when its linear.json is there)."""
-    saved = run_dir / "linear.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())
-    return linear_of_run(run_dir)
+    saved = read_result(run_dir, LINEAR)
+    return saved if saved is not None else linear_of_run(run_dir)
 
 
 def _plot(results: dict[str, dict[str, Any]], references: dict[str, Any], path: Path) -> None:

@@ -24,12 +24,12 @@ from typing import Any
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from dimcl.build import backbone_metadata, describe_backbone
+from dimcl.checkpoint import CheckpointError, export_backbone, load_backbone_weights, save_atomic
 from dimcl.config import ConfigError
-from dimcl.eval.offline import load_trained_backbone
 from dimcl.files import write_atomic
 from dimcl.models import TIMM_PREFIX, build_backbone
-from dimcl.train.checkpoint import CheckpointError, export_backbone, load_backbone_weights, save_atomic
-from dimcl.train.setup import backbone_metadata, describe_backbone
+from dimcl.trained import load_trained_backbone
 
 __all__ = ["EXPORT_FORMATS", "export", "load_backbone"]
 

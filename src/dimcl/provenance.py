@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-import dimcl
+from dimcl.version import __version__
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -30,7 +30,7 @@ def source_commit() -> dict[str, Any]:
 
     ``dirty`` says whether ``src/`` had uncommitted changes; both are None for an installed wheel.
     """
-    package_dir = Path(dimcl.__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parent
     top = _git(["rev-parse", "--show-toplevel"], package_dir)
     if top is None or not (Path(top) / "src" / "dimcl").resolve() == package_dir:
         return {"commit": None, "dirty": None}
@@ -54,7 +54,7 @@ def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
     device = torch.device(device)
     record: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "dimcl": dimcl.__version__,
+        "dimcl": __version__,
         **{f"git_{k}": v for k, v in source_commit().items()},
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -2,11 +2,17 @@
 
     <run>/config.yaml                 the resolved configuration
     <run>/metrics.jsonl               one JSON record per epoch, appended
-    <run>/checkpoints/last.ckpt       resumable state, replaced atomically every epoch
+    <run>/checkpoints/last.ckpt       resumable state, replaced atomically every epoch (see checkpoint_state)
     <run>/backbone.safetensors        the trained backbone, exported at the end
     <run>/provenance.jsonl            what the run ran on (dimcl commit, versions, machine), a line per start
     <run>/logs/, <run>/tensorboard/   Fabric's CSV and TensorBoard loggers
     <run>/.dimcl.lock                 held (flock) by the one process writing the run; removed when it ends
+    <run>/knn.json, linear.json       evaluations of the finished backbone (dimcl knn, dimcl linear)
+    <run>/diversity.json, *.png       feature-diversity figures and plots (dimcl diagnose)
+    <run>/features/                   cached features of the evaluation splits, shared by kNN and linear
+    <run>/baselines.json              floors and ceiling of the protocol (dimcl baselines; also in a sweep folder)
+
+This module owns these names and the checkpoint's layout; nothing else spells them.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from typing import Any
 
 import yaml
 
-from dimcl.config import Config, ConfigError, config_from_dict
-from dimcl.files import append_line
+from dimcl.config import Config, ConfigError
+from dimcl.files import append_line, write_atomic
+from dimcl.recipes import config_from_dict
 
 CONFIG = "config.yaml"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -32,6 +39,17 @@ PROVENANCE = "provenance.jsonl"
 LOCK = ".dimcl.lock"
 #: floors and ceiling of a run's or a sweep's protocol (``dimcl baselines``)
 BASELINES = "baselines.json"
+#: the evaluations of a finished run, one JSON file each (see dimcl.eval.EVALUATIONS)
+KNN = "knn.json"
+LINEAR = "linear.json"
+DIVERSITY = "diversity.json"
+#: cached features of the evaluation splits (dimcl.eval.features)
+FEATURE_CACHE = "features"
+#: the checkpoint's model state is the training module's: the method under ``method.`` (so its backbone
+#: under ``method.backbone.``) and the online linear probe under ``probe.``
+METHOD_PREFIX = "method."
+BACKBONE_PREFIX = "method.backbone."
+CHECKPOINT_FORMAT = 1
 #: metrics that measure the machine, not the run: they differ between two runs of the same config
 TIMING_KEYS = ("epoch_time_s", "images_per_s", "data_wait_fraction")
 
@@ -65,6 +83,56 @@ def run_state(run_dir: str | Path, max_epochs: int) -> str:
     if (run_dir / BACKBONE).is_file() and records and records[-1]["epoch"] >= max_epochs:
         return "finished"
     return "interrupted" if (run_dir / CHECKPOINT).is_file() else "new"
+
+
+def checkpoint_state(
+    *,
+    model: dict[str, Any],
+    optimizer: dict[str, Any],
+    epoch: int,
+    batch_in_epoch: int,
+    progress: dict[str, Any],
+    global_step: int,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The resumable state, as ``checkpoints/last.ckpt`` holds it: ``epoch`` epochs done plus
+    ``batch_in_epoch`` batches of the next (with that epoch's running sums in ``progress``), the last
+    epoch record in ``metrics`` (mended into metrics.jsonl on resume if the run died before writing it)."""
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "progress": progress,
+        "global_step": global_step,
+        "config": config,
+        "metrics": metrics,
+        "format": CHECKPOINT_FORMAT,
+    }
+
+
+def weights_under(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``state_dict`` under ``prefix`` (e.g. :data:`BACKBONE_PREFIX`), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def write_result(directory: str | Path, name: str, result: dict[str, Any]) -> Path:
+    """Write an evaluation's ``result`` as ``directory/name`` (e.g. :data:`LINEAR`), replacing it atomically."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())
+    return path
+
+
+def read_result(directory: str | Path, name: str) -> dict[str, Any] | None:
+    """The evaluation ``directory/name`` as written by :func:`write_result`; None if absent or unreadable."""
+    path = Path(directory) / name
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:

@@ -44,17 +44,19 @@ from typing import Any
 import torch
 import yaml
 
-from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, load_config
+from dimcl.config import RESUMABLE_KEYS, Config, ConfigError, config_differences
+from dimcl.eval import EVALUATIONS
+from dimcl.eval.diversity import diagnose_run
+from dimcl.eval.linear import linear_of_run
 from dimcl.files import write_atomic
-from dimcl.recipes import resolve_recipe
-from dimcl.run_dir import CONFIG, hold_run_dir, read_metrics, run_state
+from dimcl.recipes import load_config, resolve_recipe
+from dimcl.run_dir import CONFIG, DIVERSITY, LINEAR, hold_run_dir, read_metrics, read_result, run_state
+from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted, pretrain
 
 __all__ = ["SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid", "run_sweep"]
 
 SWEEP_FILE = "sweep.json"
 _GRID_KEYS = ("recipe", "config", "overrides", "grid", "cells", "linear", "diagnose", "diagnose_images", "device")
-#: keys that may differ between a finished run and its cell without making it another experiment
-_BOOKKEEPING = RUN_ONLY_KEYS | {"trainer.max_epochs", "data.root", "data.download"}
 
 
 @dataclass
@@ -201,7 +203,7 @@ def _check_same_experiment(name: str, cfg: Config, run_dir: Path) -> None:
         (key, old, new)
         for key, old, new in config_differences(saved, cfg.to_dict())
         # More epochs in the grid continue the run (the loop allows it); fewer would be another schedule.
-        if key not in _BOOKKEEPING
+        if key not in RESUMABLE_KEYS
         or (key == "trainer.max_epochs" and isinstance(old, int) and isinstance(new, int) and old > new)
     ]
     if diffs:
@@ -232,10 +234,11 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         knn = [r["knn_top1"] for r in records if "knn_top1" in r]
         if knn:
             out["knn_top1"] = knn[-1]
-    for file, keys in (("linear.json", ("linear_top1",)), ("diversity.json", ("backbone_effective_rank",))):
-        if (run_dir / file).is_file():
-            saved = json.loads((run_dir / file).read_text())
-            out.update({k: saved[k] for k in keys if k in saved})
+    for evaluation in (EVALUATIONS["linear"], EVALUATIONS["analyze"]):
+        saved = read_result(run_dir, evaluation.file) or {}
+        headline = evaluation.figures[0]
+        if headline in saved:
+            out[headline] = saved[headline]
     return out
 
 
@@ -247,6 +250,58 @@ def _write_sweep_file(
     # a reader never sees half a file, and a failed write leaves the previous one
     write_atomic(out_dir / name, (json.dumps({"grid_file": str(grid_file), "shard": shard, "cells": cells}, indent=2)
                                   + "\n").encode())
+
+
+def _plan_cells(spec: SweepSpec, shard: tuple[int, int] | None) -> list[tuple[str, Config, dict[str, Any]]]:
+    """``(name, config, cell)`` of every cell (of this shard), each config built and checked."""
+    planned: list[tuple[str, Config, dict[str, Any]]] = []
+    names: dict[str, dict[str, Any]] = {}
+    for cell in spec.cells or [{}]:
+        name = cell_name(cell)
+        if name in names:
+            raise ConfigError(f"sweep cells {names[name]!r} and {cell!r} get the same directory name '{name}'")
+        names[name] = cell
+        try:
+            cfg = load_config(cell_recipe(spec, cell), cell_overrides(spec, cell))
+        except ConfigError as err:
+            raise ConfigError(f"sweep cell '{name}': {err}") from None
+        planned.append((name, cfg, cell))
+    if shard is not None:
+        k, n = shard
+        planned = planned[k - 1 :: n]
+    return planned
+
+
+def _train_cell(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    result: dict[str, Any],
+    where: str,
+    say: Callable[[str], None],
+    write_status: Callable[[], None],
+) -> bool:
+    """Pretrain one cell, keeping ``result`` and the sweep file up to date; False when its loss diverged
+    (the cell failed, the sweep goes on). Any other error stops the sweep."""
+    say(f"{where}: {'resuming' if resume else 'training'}")
+    result["status"] = "running"
+    write_status()
+    try:
+        pretrain(cfg, run_dir, resume=resume)
+    except NonFiniteLossError as err:
+        result.update(status="failed", error=str(err))
+        say(f"{where}: failed: {err}")
+        return False
+    except (TrainingInterrupted, KeyboardInterrupt) as err:
+        result.update(status="interrupted", error=str(err) or type(err).__name__)
+        raise
+    except BaseException as err:
+        result.update(status="failed", error=str(err) or type(err).__name__)
+        raise
+    finally:
+        write_status()
+    result["status"] = "resumed" if resume else "trained"
+    return True
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -275,29 +330,10 @@ def run_sweep(
     only its cell, any other error stops the sweep), ``interrupted``; with ``dry_run`` nothing runs or
     is written and the status says what would happen: ``would train``, ``would resume``, ``skipped``.
     """
-    from dimcl.eval.diversity import diagnose_run
-    from dimcl.eval.linear import linear_of_run
-    from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted, pretrain
-
     grid_file, out_dir = Path(grid_file), Path(out_dir)
     spec = load_grid(grid_file)
     say = log or (lambda _: None)
-    planned: list[tuple[str, Config, dict[str, Any]]] = []
-    names: dict[str, dict[str, Any]] = {}
-    for cell in spec.cells or [{}]:
-        name = cell_name(cell)
-        if name in names:
-            raise ConfigError(f"sweep cells {names[name]!r} and {cell!r} get the same directory name '{name}'")
-        names[name] = cell
-        try:
-            cfg = load_config(cell_recipe(spec, cell), cell_overrides(spec, cell))
-        except ConfigError as err:
-            raise ConfigError(f"sweep cell '{name}': {err}") from None
-        planned.append((name, cfg, cell))
-    if shard is not None:
-        k, n = shard
-        planned = planned[k - 1 :: n]
-
+    planned = _plan_cells(spec, shard)
     states, results = [], []
     for name, cfg, cell in planned:
         run_dir = out_dir / name
@@ -314,39 +350,25 @@ def run_sweep(
 
     main = _is_main_process()
     device = _eval_device(spec.device)
+
+    def write_status() -> None:
+        if main:
+            _write_sweep_file(out_dir, grid_file, results, shard)
+
     for index, ((name, cfg, _), state, result) in enumerate(zip(planned, states, results, strict=True), 1):
         run_dir = out_dir / name
         trains = state != "finished"
-        if trains:
-            resume = state == "interrupted"
-            say(f"[{index}/{len(results)}] {name}: {'resuming' if resume else 'training'}")
-            result["status"] = "running"
-            if main:
-                _write_sweep_file(out_dir, grid_file, results, shard)
-            try:
-                pretrain(cfg, run_dir, resume=resume)
-            except NonFiniteLossError as err:
-                result.update(status="failed", error=str(err))
-                say(f"[{index}/{len(results)}] {name}: failed: {err}")
-                continue
-            except (TrainingInterrupted, KeyboardInterrupt) as err:
-                result.update(status="interrupted", error=str(err) or type(err).__name__)
-                raise
-            except BaseException as err:
-                result.update(status="failed", error=str(err) or type(err).__name__)
-                raise
-            finally:
-                if main:
-                    _write_sweep_file(out_dir, grid_file, results, shard)
-            result["status"] = "resumed" if resume else "trained"
-        else:
-            say(f"[{index}/{len(results)}] {name}: finished already, skipped")
+        where = f"[{index}/{len(results)}] {name}"
+        if not trains:
+            say(f"{where}: finished already, skipped")
+        elif not _train_cell(cfg, run_dir, state == "interrupted", result, where, say, write_status):
+            continue
         if main:
             # After a (re)training the old evaluations describe another backbone: redo them.
             with hold_run_dir(run_dir):  # they write into the cell's run directory, as pretrain does
-                if spec.linear and (trains or not (run_dir / "linear.json").is_file()):
+                if spec.linear and (trains or not (run_dir / LINEAR).is_file()):
                     linear_of_run(run_dir, device=device)
-                if spec.diagnose and (trains or not (run_dir / "diversity.json").is_file()):
+                if spec.diagnose and (trains or not (run_dir / DIVERSITY).is_file()):
                     diagnose_run(run_dir, num_images=spec.diagnose_images, device=device)
             result.update(_summary(run_dir))
             _write_sweep_file(out_dir, grid_file, results, shard)

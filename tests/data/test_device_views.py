@@ -12,7 +12,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as tvf
 
-from dimcl.config import load_config
+from dimcl.build import build_device_views, build_pretrain_dataset
+from dimcl.checkpoint import load_checkpoint
 from dimcl.data import TensorImageDataset, ViewConfig, ViewTransform, byol_view_configs, dataset_info, eval_transform
 from dimcl.data.device_views import (
     BatchMultiView,
@@ -21,10 +22,8 @@ from dimcl.data.device_views import (
     build_batch_views,
     raw_image_transform,
 )
-from dimcl.recipes import resolve_recipe
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import read_metrics
-from dimcl.train.checkpoint import load_checkpoint
-from dimcl.train.setup import build_device_views, build_pretrain_dataset
 
 FASHION = dataset_info("fashion_mnist")
 CIFAR = dataset_info("cifar10")

@@ -11,7 +11,6 @@ import torch
 from conftest import TINY_RUN
 from torch import nn
 
-from dimcl.config import load_config
 from dimcl.eval.diversity import (
     collapsed_dimensions,
     diagnose,
@@ -24,7 +23,7 @@ from dimcl.eval.diversity import (
 )
 from dimcl.methods import build_method
 from dimcl.models import build_backbone
-from dimcl.recipes import resolve_recipe
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import CHECKPOINT
 from dimcl.train.loop import pretrain
 

@@ -11,9 +11,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import dimcl.eval.linear as linear
-from dimcl.config import load_config
-from dimcl.eval.linear import cached_features, feature_fingerprint, linear_of_run, train_linear_probe
-from dimcl.recipes import resolve_recipe
+from dimcl.eval.features import cached_features, feature_fingerprint
+from dimcl.eval.linear import linear_of_run, train_linear_probe
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.train.loop import pretrain
 
 

@@ -15,9 +15,10 @@ import torch
 from conftest import TINY_RUN
 
 from dimcl.cli import main
-from dimcl.config import ConfigError, load_config
+from dimcl.config import ConfigError
 from dimcl.export import load_backbone
 from dimcl.models import build_backbone
+from dimcl.recipes import load_config
 
 
 def test_a_timm_backbone_is_timms_model_with_random_weights_and_its_own_feature_width():

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from dimcl.config import load_config, save_config
-from dimcl.recipes import resolve_recipe
+from dimcl.config import save_config
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.report import build_report
 from dimcl.report.report import (
     Run,

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import TINY_RUN
 
-from dimcl.config import ConfigError, load_config
-from dimcl.eval.offline import load_trained_backbone
-from dimcl.recipes import resolve_recipe
+from dimcl.checkpoint import load_backbone_weights, load_checkpoint
+from dimcl.config import RESUMABLE_KEYS, ConfigError
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import read_metrics
-from dimcl.train.checkpoint import load_backbone_weights, load_checkpoint
 from dimcl.train.loop import pretrain
+from dimcl.trained import load_trained_backbone
 
 
 def tiny_config(root, *extra):
@@ -89,9 +89,11 @@ def test_refuses_to_overwrite_a_run_and_resume_checks_the_config(tiny_fashion_mn
         pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0", "dimcl.weight=0.2"),
                  tmp_path, resume=True)
     assert (tmp_path / "metrics.jsonl").read_text() == before
-    # Training longer is allowed (the schedule is stretched), and so is switching a speed setting.
+    # Training longer is allowed (the schedule is stretched), and so is switching a key of RUN_ONLY_KEYS
+    # (a speed setting, the accelerator's name): the same keys a sweep accepts for a finished cell.
+    assert {"trainer.channels_last", "trainer.accelerator", "data.root"} <= RESUMABLE_KEYS
     result = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=2", "eval.every=0",
-                                  "trainer.channels_last=true"), tmp_path, resume=True)
+                                  "trainer.channels_last=true", "trainer.accelerator=cpu"), tmp_path, resume=True)
     assert [r["epoch"] for r in result.records] == [2]
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     assert json.loads(before)["epoch"] == 1

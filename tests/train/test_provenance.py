@@ -9,9 +9,8 @@ from pathlib import Path
 from conftest import TINY_RUN
 
 import dimcl
-from dimcl.config import load_config
 from dimcl.provenance import source_commit
-from dimcl.recipes import resolve_recipe
+from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import read_provenance
 from dimcl.train.loop import pretrain
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import write_fashion_mnist
 
-from dimcl.config import ConfigError, config_differences, load_config
+from dimcl.build import build_eval_datasets, build_pretrain_dataset, validation_split
+from dimcl.config import ConfigError, config_differences
 from dimcl.data import build_dataset
-from dimcl.recipes import resolve_recipe
-from dimcl.train.setup import build_eval_datasets, build_pretrain_dataset, validation_split
+from dimcl.recipes import load_config, resolve_recipe
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ decoded with PIL on every access, as usual for ImageNet-sized data.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import math
 import os
@@ -30,6 +29,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from dimcl.names import did_you_mean
 
 SPLITS = ("pretrain", "train", "eval")
 
@@ -74,9 +75,7 @@ def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` registered under ``name``; a one-paragraph error for an unknown name."""
     if name in DATASETS:
         return DATASETS[name]
-    close = difflib.get_close_matches(str(name), DATASETS, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise DatasetError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}.{hint}")
+    raise DatasetError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}.{did_you_mean(name, DATASETS)}")
 
 
 def build_dataset(
@@ -99,12 +98,10 @@ def build_dataset(
     """
     info = dataset_info(name)
     if split not in SPLITS:
-        close = difflib.get_close_matches(str(split), SPLITS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise DatasetError(
             f"unknown split '{split}' for dataset '{name}'; choose one of: {', '.join(SPLITS)} "
             f"(pretrain: what self-supervised training sees, train: the labelled training split, "
-            f"eval: the test/validation split).{hint}"
+            f"eval: the test/validation split).{did_you_mean(split, SPLITS)}"
         )
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
         raise DatasetError(f"data subset must be a positive number of images or none, got {subset!r}.")

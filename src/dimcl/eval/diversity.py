@@ -17,13 +17,16 @@ does it for a run directory and writes ``diversity.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+from dimcl.build import build_eval_datasets
+from dimcl.run_dir import DIVERSITY, write_result
+from dimcl.trained import load_trained_method, run_dir_of
 
 __all__ = [
     "collapsed_dimensions",
@@ -32,7 +35,6 @@ __all__ = [
     "diversity_report",
     "effective_rank",
     "fixed_eval_batch",
-    "load_trained_method",
     "mean_abs_correlation",
     "singular_spectrum",
 ]
@@ -164,32 +166,6 @@ def fixed_eval_batch(dataset: Dataset, num_images: int = DEFAULT_IMAGES) -> Tens
     return torch.stack([dataset[i][0] for i in range(count)])
 
 
-def load_trained_method(path: str | Path) -> tuple[nn.Module | None, nn.Module, Any]:
-    """``(method or None, backbone, config)`` of a run directory, for diagnostics.
-
-    The projector is only saved in ``checkpoints/last.ckpt``: with it, the whole method is rebuilt
-    and its weights loaded (the method's backbone is then the run's last backbone). Without it (only
-    ``backbone.safetensors`` kept), the method is None and only the backbone is returned.
-    """
-    # Imported here: the training loop imports this module, and these import the run machinery.
-    from dimcl.eval.offline import load_trained_backbone, run_dir_of
-    from dimcl.run_dir import CHECKPOINT, load_run_config
-    from dimcl.train.checkpoint import load_checkpoint
-    from dimcl.train.setup import build_method_from_config
-
-    run = run_dir_of(path)
-    ckpt = run / CHECKPOINT
-    if not ckpt.is_file():
-        backbone, cfg = load_trained_backbone(run)
-        return None, backbone, cfg
-    cfg = load_run_config(run)
-    state = load_checkpoint(ckpt)
-    method = build_method_from_config(cfg, gather_distributed=False)
-    prefix = "method."
-    method.load_state_dict({k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)})
-    return method, method.backbone, cfg
-
-
 def diagnose_run(
     path: str | Path,
     num_images: int = DEFAULT_IMAGES,
@@ -201,9 +177,6 @@ def diagnose_run(
     Writes ``diversity.json`` to ``out_dir`` (default: the run directory) and returns the same dict.
     Only ``backbone_*`` figures when the run kept no checkpoint (the projector is not exported).
     """
-    from dimcl.eval.offline import run_dir_of
-    from dimcl.train.setup import build_eval_datasets
-
     method, backbone, cfg = load_trained_method(path)
     images = fixed_eval_batch(build_eval_datasets(cfg)[1], num_images)
     if method is not None:
@@ -214,8 +187,7 @@ def diagnose_run(
             result = diversity_report(backbone(images.to(device)), "backbone_")
     result["num_images"] = images.shape[0]
     target = Path(out_dir) if out_dir is not None else run_dir_of(path)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "diversity.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(target, DIVERSITY, result)
     with torch.no_grad():
         backbone.eval()
         features = {"backbone": backbone(images.to(device))}

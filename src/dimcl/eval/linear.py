@@ -3,7 +3,7 @@
 Two protocols:
 
 - ``fast`` (the default): features of the un-augmented images are extracted once and cached on disk
-  (:func:`cached_features`, shared with kNN). They are standardised with the training set's mean and
+  (:mod:`dimcl.eval.features`, shared with kNN). They are standardised with the training set's mean and
   std, and a zero-initialised ``Linear(F, C)`` is trained on them with cross-entropy, SGD (momentum
   0.9) and a per-step cosine learning rate from ``lr`` to 0, in shuffled mini-batches. The problem is
   convex, so it depends little on the optimizer; standardising makes one learning rate fit every
@@ -19,11 +19,7 @@ Both report top-1 and top-5 accuracy (percent) on the un-augmented evaluation sp
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,108 +28,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from dimcl.build import build_eval_datasets, crop_size, labelled_splits, num_classes_of
 from dimcl.config import Config, ConfigError
-from dimcl.data import ViewConfig, build_view_transform, dataset_info, labels_of
+from dimcl.data import ViewConfig, build_view_transform, dataset_info
+from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features
-from dimcl.eval.offline import load_trained_backbone, run_dir_of
-from dimcl.train.checkpoint import save_atomic
-from dimcl.train.setup import build_eval_datasets, crop_size, labelled_splits, num_classes_of
+from dimcl.run_dir import FEATURE_CACHE, LINEAR, write_result
+from dimcl.trained import load_trained_backbone, run_dir_of
 
 __all__ = [
     "augmented_linear_eval",
-    "cached_eval_features",
-    "cached_features",
-    "feature_fingerprint",
     "linear_of_run",
     "train_linear_probe",
 ]
 
-#: where a run keeps its extracted features, relative to the run directory
-FEATURE_CACHE = "features"
 #: settings of the two protocols (besides epochs and seed), the defaults of their functions
 FAST = {"lr": 0.1, "weight_decay": 1e-4, "batch_size": 256}
 AUGMENTED = {"lr": 0.1, "weight_decay": 0.0, "batch_size": 256}
 
 
 # ------------------------------------------------------------------------------------------- features
-
-
-def feature_fingerprint(backbone: nn.Module, dataset: Dataset) -> str:
-    """SHA-256 of the backbone's state (parameters and buffers: names, dtypes, shapes, bytes) and the dataset.
-
-    The dataset enters by its length and, when they can be read without decoding images, its labels
-    (which tell apart two seeded subsets of equal size).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in backbone.state_dict().items():
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(memoryview(data.view(torch.uint8).numpy()))
-    digest.update(f"len={len(dataset)}|".encode())
-    labels = labels_of(dataset)
-    if labels is not None:
-        digest.update(memoryview(labels.numpy()))
-    return digest.hexdigest()
-
-
-def _load_cache(path: Path, fingerprint: str) -> tuple[Tensor, Tensor] | None:
-    if not path.is_file():
-        return None
-    try:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile):
-        return None  # a truncated or foreign file is only a cache: extract again
-    if not isinstance(cached, dict) or cached.get("fingerprint") != fingerprint:
-        return None
-    return cached["features"], cached["labels"]
-
-
-def cached_features(
-    backbone: nn.Module,
-    dataset: Dataset,
-    cache_path: str | Path,
-    device: str | torch.device = "cpu",
-    batch_size: int = 512,
-    num_workers: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """``(features (N, F) float32, labels (N,) int64)`` of ``dataset`` through ``backbone`` (eval mode).
-
-    Read from ``cache_path`` when the file there was made from the same weights and dataset (see
-    :func:`feature_fingerprint`), else extracted with :func:`~dimcl.eval.knn.extract_features` and
-    written there atomically: a ``.pt`` of tensors and the fingerprint string only, read back with
-    ``torch.load(weights_only=True)``.
-    """
-    cache_path = Path(cache_path)
-    fingerprint = feature_fingerprint(backbone, dataset)
-    cached = _load_cache(cache_path, fingerprint)
-    if cached is not None:
-        return cached
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    features, labels = extract_features(backbone, loader, device)
-    save_atomic({"features": features, "labels": labels, "fingerprint": fingerprint}, cache_path)
-    return features, labels
-
-
-def cached_eval_features(
-    backbone: nn.Module,
-    cfg: Config,
-    cache_dir: str | Path,
-    device: str | torch.device = "cpu",
-    batch_size: int = 512,
-    datasets: tuple[Dataset, Dataset] | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(train features, train labels, eval features, eval labels)`` of the run's evaluation splits.
-
-    The splits (``datasets``) default to :func:`~dimcl.train.setup.build_eval_datasets` of ``cfg``; the
-    features are cached as ``cache_dir/train.pt`` and ``cache_dir/eval.pt``, so kNN and the linear probe
-    extract them once.
-    """
-    train_set, eval_set = datasets if datasets is not None else build_eval_datasets(cfg)
-    cache_dir = Path(cache_dir)
-    common = dict(device=device, batch_size=batch_size, num_workers=cfg.data.num_workers)
-    train_features, train_labels = cached_features(backbone, train_set, cache_dir / "train.pt", **common)
-    eval_features, eval_labels = cached_features(backbone, eval_set, cache_dir / "eval.pt", **common)
-    return train_features, train_labels, eval_features, eval_labels
 
 
 # --------------------------------------------------------------------------------------- fast protocol
@@ -363,7 +277,5 @@ def linear_of_run(
         "protocol": protocol, **settings, "num_classes": num_classes,
         "train_size": len(train_set), "eval_size": len(eval_set),
     }
-    target = Path(out_dir) if out_dir is not None else run
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "linear.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_result(Path(out_dir) if out_dir is not None else run, LINEAR, out)
     return out

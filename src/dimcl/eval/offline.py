@@ -1,8 +1,7 @@
-"""Evaluation of a finished (or interrupted) run directory: its backbone, rebuilt from what it saved."""
+"""kNN evaluation with a run's settings: of features, of a backbone on the run's splits, of a run directory."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,41 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dimcl.build import build_eval_datasets, num_classes_of
 from dimcl.config import Config, ConfigError
+from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features, weighted_knn
-from dimcl.run_dir import BACKBONE, CHECKPOINT, load_run_config
-from dimcl.train.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
-from dimcl.train.setup import build_backbone_from_config, build_eval_datasets, num_classes_of
-
-
-def run_dir_of(path: str | Path) -> Path:
-    """The run directory of a run directory, a checkpoint file, or a backbone file inside one."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    if path.is_file():
-        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    raise ConfigError(f"--ckpt '{path}' does not exist; give a run directory or a checkpoint file inside one")
-
-
-def load_trained_backbone(path: str | Path) -> tuple[nn.Module, Config]:
-    """The backbone of a run: from ``backbone.safetensors`` when exported, else from the last checkpoint."""
-    run = run_dir_of(path)
-    cfg = load_run_config(run)
-    backbone = build_backbone_from_config(cfg)
-    given = Path(path)
-    weights_file = given if given.is_file() and given.suffix == ".safetensors" else run / BACKBONE
-    if weights_file.is_file() and not (given.is_file() and given.suffix == ".ckpt"):
-        tensors, _ = load_backbone_weights(weights_file)
-    else:
-        ckpt = given if given.is_file() and given.suffix == ".ckpt" else run / CHECKPOINT
-        state = load_checkpoint(ckpt)
-        prefix = "method.backbone."
-        tensors = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-        if not tensors:
-            raise CheckpointError(f"'{ckpt}' holds no backbone weights (no keys under '{prefix}')")
-    backbone.load_state_dict(tensors)
-    return backbone, cfg
+from dimcl.run_dir import FEATURE_CACHE, KNN, write_result
+from dimcl.trained import load_trained_backbone, run_dir_of
 
 
 def knn_of_features(
@@ -93,8 +63,6 @@ def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str
 
     The result is written to ``knn.json`` in the run directory too.
     """
-    from dimcl.eval.linear import cached_eval_features  # linear builds on this module
-
     backbone, cfg = load_trained_backbone(path)
     backbone.to(device)
     run = run_dir_of(path)
@@ -102,7 +70,7 @@ def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     num_classes = num_classes_of(cfg, datasets[0])
     if not num_classes:
         raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
-    features = cached_eval_features(backbone, cfg, run / "features", device, datasets=datasets)
+    features = cached_eval_features(backbone, cfg, run / FEATURE_CACHE, device, datasets=datasets)
     result = knn_of_features(*features, cfg, num_classes)
-    (run / "knn.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(run, KNN, result)
     return result

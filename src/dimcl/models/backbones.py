@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from functools import partial
@@ -24,8 +23,9 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["BACKBONES", "TIMM_PREFIX", "SmallCNN", "build_backbone", "check_backbone_name", "stem_of",
-           "time_small_cnn_step"]
+from dimcl.names import did_you_mean
+
+__all__ = ["BACKBONES", "TIMM_PREFIX", "SmallCNN", "build_backbone", "check_backbone_name", "stem_of"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,17 +168,8 @@ class SmallCNN(nn.Module):
     features, 1.2 M parameters. Halving early keeps the expensive full-resolution work to one
     conv with few input channels; the width doubles as the maps shrink, as in ResNet.
 
-    Speed: one step with two views of batch 256 at 28x28x1, forward + backward through the
-    backbone and ``mlp(256, 512, 128, 2)`` + SGD, takes about 0.25 s on a 2-core AMD EPYC (Zen 4)
-    with torch 2.14 and nothing else running (median 0.25-0.26 s, best 0.23-0.25 s over several
-    runs). Measured with::
-
-        python -c "from dimcl.models.backbones import time_small_cnn_step as t; t()"
-
-    For comparison, the 3-stage variant (32, 64, 128, 256) ending at 4x4 took 0.41-0.43 s, and
-    without the channels-last conversion below every variant is about 25% slower. Another busy
-    process on the same 2 cores can make a step several times slower, since torch's two OpenMP
-    threads then wait on each other.
+    Its speed on a CPU, against the 3-stage variant and without the channels-last conversion below:
+    benchmarks/speed/README.md ("small_cnn step", ``python benchmarks/speed/small_cnn_step.py``).
     """
 
     def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 32, 64, 128, 256)) -> None:
@@ -237,11 +228,10 @@ def _import_timm():  # noqa: ANN202 (the module)
 def _check_timm_model(model_name: str) -> None:
     timm = _import_timm()
     if not timm.is_model(model_name):
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=1)
-        hint = f" Did you mean 'timm/{close[0]}'?" if close else ""
         raise ValueError(
             f"Unknown timm model {model_name!r} (backbone 'timm/{model_name}'); timm.list_models() names the "
-            f"accepted ones, e.g. timm/resnet18, timm/vit_tiny_patch16_224, timm/convnext_atto.{hint}"
+            f"accepted ones, e.g. timm/resnet18, timm/vit_tiny_patch16_224, timm/convnext_atto."
+            + did_you_mean(model_name, timm.list_models(), "timm/")
         )
 
 
@@ -317,11 +307,9 @@ def check_backbone_name(name: str) -> None:
         return
     if name not in BACKBONES:
         accepted = ", ".join(sorted(BACKBONES))
-        close = difflib.get_close_matches(str(name), list(BACKBONES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"Unknown backbone {name!r}; accepted names are: {accepted}, or timm/<model> for any timm model "
-            f"(pip install 'dimcl[timm]').{hint}"
+            f"(pip install 'dimcl[timm]').{did_you_mean(name, BACKBONES)}"
         )
 
 
@@ -351,36 +339,3 @@ def build_backbone(
             )
     builder = partial(_timm, name[len(TIMM_PREFIX):]) if name.startswith(TIMM_PREFIX) else BACKBONES[name]
     return builder(in_channels=in_channels, image_size=image_size, cifar_stem=cifar_stem, patch_size=patch_size)
-
-
-def time_small_cnn_step(batch_size: int = 256, steps: int = 20) -> float:
-    """Print and return the median seconds of one CPU training step of ``small_cnn``.
-
-    The step of :class:`SmallCNN`'s docstring: two random views of ``batch_size`` 1x28x28 images,
-    forward and backward through the backbone and a 2-layer 512-wide projector, one SGD step.
-    """
-    import statistics
-    import time
-
-    from dimcl.models.heads import mlp
-
-    torch.manual_seed(0)
-    backbone = build_backbone("small_cnn", in_channels=1, image_size=28)
-    model = nn.Sequential(backbone, mlp(backbone.num_features, 512, 128, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    views = [torch.randn(batch_size, 1, 28, 28) for _ in range(2)]
-    times = []
-    for _ in range(steps + 3):  # the first steps pay for oneDNN's kernel selection
-        start = time.perf_counter()
-        z1, z2 = model(views[0]), model(views[1])
-        loss = -nn.functional.cosine_similarity(z1, z2.detach()).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    times = times[3:]
-    print(
-        f"small_cnn, 2 views x {batch_size} x 1x28x28, {torch.get_num_threads()} threads: "
-        f"median {statistics.median(times):.3f} s/step, min {min(times):.3f} s"
-    )
-    return statistics.median(times)

@@ -21,10 +21,11 @@ from typing import Any
 
 import yaml
 
+from dimcl.baselines import ROWS as BASELINE_ROWS
+from dimcl.baselines import read_baselines
 from dimcl.config import RUN_ONLY_KEYS, flatten_config
-from dimcl.eval.baselines import ROWS as BASELINE_ROWS
-from dimcl.eval.baselines import read_baselines
-from dimcl.run_dir import BASELINES, CONFIG, METRICS, read_metrics
+from dimcl.eval import EVALUATIONS
+from dimcl.run_dir import BASELINES, CONFIG, METRICS, read_metrics, read_result
 
 __all__ = [
     "Comparison",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 #: keys that tell runs of the same experiment apart without changing it: not used for grouping
-IGNORED_KEYS = RUN_ONLY_KEYS | {"seed", "trainer.accelerator", "trainer.strategy", "data.root", "data.download"}
+IGNORED_KEYS = RUN_ONLY_KEYS | {"seed"}
 
 #: (key, column title, decimals) of the figures reported per group, in table order
 FIGURES = (
@@ -55,7 +56,7 @@ FIGURES = (
 )
 #: the figures compared between +DimCL and its baseline
 COMPARED = ("knn_top1", "linear_top1", "backbone_effective_rank")
-_DIVERSITY_KEYS = tuple(key for key, _, _ in FIGURES if key.startswith(("backbone_", "projector_")))
+_DIVERSITY_KEYS = EVALUATIONS["analyze"].figures
 
 # t(0.975, dof) for dof = 1..30: two-sided 95% quantiles of Student's t distribution.
 _T_975 = (
@@ -151,14 +152,9 @@ def _final_figures(run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, fl
     figures: dict[str, float] = {}
     for record in metrics:  # the last epoch that has each key
         figures.update({k: record[k] for k in ("knn_top1", *_DIVERSITY_KEYS) if k in record})
-    knn = _read_json(run_dir / "knn.json")
-    if "knn_top1" in knn:
-        figures["knn_top1"] = knn["knn_top1"]
-    linear = _read_json(run_dir / "linear.json")
-    if "linear_top1" in linear:
-        figures["linear_top1"] = linear["linear_top1"]
-    diversity = _read_json(run_dir / "diversity.json")
-    figures.update({k: diversity[k] for k in _DIVERSITY_KEYS if k in diversity})
+    for evaluation in EVALUATIONS.values():  # a finished run's own evaluation wins over its per-epoch figure
+        saved = read_result(run_dir, evaluation.file) or {}
+        figures.update({k: saved[k] for k in evaluation.figures if k in saved})
     return {k: float(v) for k, v in figures.items() if isinstance(v, int | float)}
 
 
@@ -481,7 +477,18 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
     comparisons = compare_groups(groups)
     lines += _baselines_table(sweep_dir)
     lines += _summary_table(comparisons)
+    lines += _groups_table(groups)
+    lines += _paired_table(comparisons, groups)
+    lines += _plots(groups, out_path.parent)
+    lines += _notes(groups, notes)
+    markdown = "\n".join(lines).rstrip() + "\n"
+    out_path.write_text(markdown)
+    return markdown
 
+
+def _groups_table(groups: list[Group]) -> list[str]:
+    """Every configuration's figures, mean ± std over its seeds (only the figures some group has)."""
+    lines: list[str] = []
     shown = [(key, title, decimals) for key, title, decimals in FIGURES if any(g.values(key) for g in groups)]
     if groups:
         lines += ["## Results per configuration", ""]
@@ -496,7 +503,12 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
             ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    return lines
 
+
+def _paired_table(comparisons: list[Comparison], groups: list[Group]) -> list[str]:
+    """+DimCL − base per figure, paired by seed, with the 95% interval."""
+    lines: list[str] = []
     if comparisons:
         decimals_of = {key: decimals for key, _, decimals in FIGURES}
         titles = {key: title for key, title, _ in FIGURES}
@@ -519,7 +531,11 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
         lines.append("")
     elif groups:
         lines += ["No +DimCL configuration has a baseline (dimcl.weight=0) run with the same seed to pair with.", ""]
+    return lines
 
+
+def _plots(groups: list[Group], folder: Path) -> list[str]:
+    """kNN and effective rank per epoch, a PNG per method and figure in ``folder``; their Markdown."""
     plots = []
     for method in sorted({g.method for g in groups}):
         of_method = [g for g in groups if g.method == method]
@@ -528,11 +544,13 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
             ("backbone_effective_rank", "backbone effective rank", "effective_rank"),
         ):
             name = f"{stem}_{_safe(method)}.png"
-            if _plot(of_method, key, ylabel, f"{method}: {ylabel} per epoch", out_path.parent / name):
+            if _plot(of_method, key, ylabel, f"{method}: {ylabel} per epoch", folder / name):
                 plots.append(f"![{method}: {ylabel}]({name})")
-    if plots:
-        lines += ["## Per epoch", "", *(f"{p}\n" for p in plots)]
+    return ["## Per epoch", "", *(f"{p}\n" for p in plots)] if plots else []
 
+
+def _notes(groups: list[Group], notes: list[str]) -> list[str]:
+    """Directories left out, and seeds run twice in one configuration."""
     duplicates = [
         f"`{g.label}` has several runs with seed {s}: the first by path is paired"
         for g in groups
@@ -540,7 +558,5 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
         if sum(repr(r.seed) == s for r in g.runs) > 1
     ]
     if notes or duplicates:
-        lines += ["## Notes", "", *(f"- {n}" for n in [*notes, *duplicates]), ""]
-    markdown = "\n".join(lines).rstrip() + "\n"
-    out_path.write_text(markdown)
-    return markdown
+        return ["## Notes", "", *(f"- {n}" for n in [*notes, *duplicates]), ""]
+    return []

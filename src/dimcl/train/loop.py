@@ -26,9 +26,19 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dimcl.config import RUN_ONLY_KEYS, Config, ConfigError, config_differences, save_config
+from dimcl.build import (
+    backbone_metadata,
+    build_device_views,
+    build_eval_datasets,
+    build_method_from_config,
+    build_pretrain_dataset,
+    num_classes_of,
+)
+from dimcl.checkpoint import export_backbone, load_checkpoint, save_atomic
+from dimcl.config import RESUMABLE_KEYS, Config, ConfigError, config_differences, save_config
 from dimcl.data import bad_image_count
 from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
@@ -37,26 +47,19 @@ from dimcl.provenance import provenance
 from dimcl.run_dir import (
     BACKBONE,
     CHECKPOINT,
+    CONFIG,
     RunDirBusyError,
     append_metrics,
     append_provenance,
+    checkpoint_state,
     hold_run_dir,
     restore_metrics,
 )
-from dimcl.train.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 from dimcl.train.logs import RunCSVLogger, continue_logs, tensorboard_logger
 from dimcl.train.optim import build_optimizer, set_learning_rate
 from dimcl.train.sampling import EpochFeed
 from dimcl.train.schedules import warmup_cosine
-from dimcl.train.setup import (
-    backbone_metadata,
-    build_device_views,
-    build_eval_datasets,
-    build_method_from_config,
-    build_pretrain_dataset,
-    num_classes_of,
-)
 
 
 @dataclass
@@ -161,7 +164,7 @@ def _loggers(cfg: Config, out_dir: Path) -> list:
 
 def _check_resume(cfg: Config, state: dict[str, Any]) -> list[str]:
     """Refuse a checkpoint of another config; a larger ``trainer.max_epochs`` is allowed, with a notice."""
-    allowed = RUN_ONLY_KEYS | {"trainer.max_epochs"}
+    allowed = RESUMABLE_KEYS
     diffs = config_differences(state["config"], cfg.to_dict())
     blocking = [d for d in diffs if d[0] not in allowed]
     if blocking:
@@ -267,36 +270,84 @@ def _become_writer(fabric: Fabric, out_dir: Path, writer_lock: ExitStack, checkp
         raise RunDirBusyError(error)
 
 
-def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, writer_lock: ExitStack) -> PretrainResult:
-    """:func:`pretrain` after Fabric's launch."""
+@dataclass
+class Run:
+    """Everything one pretraining works with, built by the phases below in a fixed order (the order in
+    which they draw random numbers is part of what makes a resumed run equal an uninterrupted one)."""
+
+    cfg: Config
+    fabric: Fabric
+    out_dir: Path
+    #: the pretraining set and its epoch-by-epoch feed (our own sharded sampler, see train/sampling.py)
+    dataset: Dataset
+    feed: EpochFeed
+    loader: Any
+    #: data.augment_on=device: the batch -> views function; None when the loader makes the views
+    device_views: Any
+    num_classes: int | None
+    #: (kNN bank, evaluation split), or None when nothing is evaluated during training
+    eval_sets: tuple[Dataset, Dataset] | None
+    diagnose_batch: torch.Tensor | None
+    global_batch: int
+    #: the method, wrapped with the online probe (``pretrainer``), and that wrapper as Fabric set it up
+    method: SSLMethod
+    pretrainer: Pretrainer
+    model: Any
+    optimizer: torch.optim.Optimizer
+    #: learning-rate factor per optimizer step
+    lr_factor: list[float] = field(default_factory=list)
+    total_steps: int = 0
+    step: int = 0
+    last_record: dict[str, Any] | None = None
+    bad_images_before: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.fabric.global_rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def save(self, epochs_done: int, batch_in_epoch: int, progress: EpochProgress) -> None:
+        """Rank 0 writes the resumable state atomically; the previous checkpoint stays until then."""
+        if self.is_main:
+            state = checkpoint_state(
+                model=self.pretrainer.state_dict(), optimizer=self.optimizer.state_dict(), epoch=epochs_done,
+                batch_in_epoch=batch_in_epoch, progress=dataclasses.asdict(progress), global_step=self.step,
+                config=self.cfg.to_dict(), metrics=self.last_record,
+            )
+            save_atomic(state, self.ckpt_path)
+        self.fabric.barrier()
+
+
+def _open_run(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) -> tuple[dict[str, Any] | None, bool]:
+    """The checkpoint to continue from (None for a new run) and whether this run resumes."""
     ckpt_path = out_dir / CHECKPOINT
-    checkpoint_seen = _file_identity(ckpt_path)
     if resume == "auto":
         resume = ckpt_path.is_file()
         if fabric.world_size > 1:
             resume = fabric.broadcast(resume, src=0)  # what rank 0, the writer, sees
     state = None
+    notices: list[str] = []
     if resume:
         state = load_checkpoint(ckpt_path)
         notices = _check_resume(cfg, state)
-    else:
-        notices = []
-        if ckpt_path.exists():
-            raise ConfigError(
-                f"'{out_dir}' already holds a run (it has {CHECKPOINT}); pass --resume to continue it (or "
-                "--resume auto), or choose another --out directory. Nothing was changed."
-            )
+    elif ckpt_path.exists():
+        raise ConfigError(
+            f"'{out_dir}' already holds a run (it has {CHECKPOINT}); pass --resume to continue it (or "
+            "--resume auto), or choose another --out directory. Nothing was changed."
+        )
     continue_logs(fabric.loggers, state["epoch"] if state is not None else 0)
-
-    t = cfg.trainer
-    is_main = fabric.global_rank == 0
     for notice in notices:
         fabric.print(f"notice: {notice}")
-    torch.manual_seed(cfg.seed)
+    return state, bool(resume)
 
-    # ---- data (all of it opened, and checked, before anything is written)
+
+def _build_data(cfg: Config, fabric: Fabric) -> dict[str, Any]:
+    """Open (and so check) all the data before anything is written."""
     dataset = build_pretrain_dataset(cfg)
-    device_views = build_device_views(cfg)  # data.augment_on=device: None, or raw batch -> views
+    device_views = build_device_views(cfg)
     num_classes = num_classes_of(cfg, dataset)
     eval_sets = build_eval_datasets(cfg) if (cfg.eval.every > 0 or cfg.eval.diagnose) and num_classes else None
     diagnose_batch = None
@@ -314,175 +365,217 @@ def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, wr
     )
     # Our own sampler shards the data (Fabric's DistributedSampler would take its epoch from a counter).
     loader = fabric.setup_dataloaders(feed.loader, use_distributed_sampler=False)
+    return dict(dataset=dataset, feed=feed, loader=loader, device_views=device_views, num_classes=num_classes,
+                eval_sets=eval_sets, diagnose_batch=diagnose_batch, global_batch=global_batch)
 
-    # ---- model and optimizer
+
+def _build_model(cfg: Config, fabric: Fabric, num_classes: int | None, global_batch: int) -> dict[str, Any]:
+    """The method, the online probe and the optimizer, set up by Fabric on the run's devices."""
     method = build_method_from_config(cfg)
     probe = None
     if cfg.eval.online_probe and num_classes:
         probe = nn.Linear(method.backbone.num_features, num_classes)
-    pretrainer = Pretrainer(method, probe, channels_last=t.channels_last)
-    if t.sync_batchnorm and fabric.world_size > 1:
+    pretrainer = Pretrainer(method, probe, channels_last=cfg.trainer.channels_last)
+    if cfg.trainer.sync_batchnorm and fabric.world_size > 1:
         pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(pretrainer)
         method = pretrainer.method
     optimizer = build_optimizer(pretrainer.method, pretrainer.probe, cfg.optim, global_batch, fabric.device.type)
-    if t.compile:
+    if cfg.trainer.compile:
         compile_networks(method)
     model, optimizer = fabric.setup(pretrainer, optimizer)
-    start_epoch, step = 0, 0
-    if state is not None:
-        # After setup: parameters are on their device, and the optimizer state follows them there.
-        pretrainer.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"], state["global_step"]
+    return dict(method=method, pretrainer=pretrainer, model=model, optimizer=optimizer)
 
-    # ---- schedules, per optimizer step
+
+def _set_schedule(run: Run) -> None:
+    """The learning-rate factor of every optimizer step of the whole run (warm-up, then cosine)."""
+    cfg = run.cfg
     accumulate = cfg.optim.accumulate_grad_batches
-    steps_per_epoch = len(loader) // accumulate
+    steps_per_epoch = len(run.loader) // accumulate
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"optim.accumulate_grad_batches={accumulate} exceeds the {len(loader)} batches of an epoch; lower it"
+            f"optim.accumulate_grad_batches={accumulate} exceeds the {len(run.loader)} batches of an epoch; lower it"
         )
-    total_steps = steps_per_epoch * t.max_epochs
-    peak = optimizer.param_groups[0]["base_lr"]
-    lr_factor = warmup_cosine(
-        1.0, total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch),
+    run.total_steps = steps_per_epoch * cfg.trainer.max_epochs
+    peak = run.optimizer.param_groups[0]["base_lr"]
+    run.lr_factor = warmup_cosine(
+        1.0, run.total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch),
         start=cfg.optim.warmup_start_lr / peak, final=cfg.optim.min_lr / peak,
     )
-    base_momentum = getattr(method, "base_momentum", None)
 
-    # ---- run directory
-    _become_writer(fabric, out_dir, writer_lock, checkpoint_seen)
-    if is_main:
-        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-        append_provenance(out_dir, {**provenance(fabric.device), "resumed_at_epoch": start_epoch if resume else None})
-        if state is not None and state["metrics"] is not None and restore_metrics(out_dir, state["metrics"]):
+
+def _start_writing(run: Run, state: dict[str, Any] | None, resumed: bool, start_epoch: int) -> None:
+    """Rank 0 writes the run's config and provenance (and mends a metrics line a kill cut off)."""
+    if run.is_main:
+        (run.out_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+        save_config(run.cfg, run.out_dir / CONFIG)
+        append_provenance(
+            run.out_dir, {**provenance(run.fabric.device), "resumed_at_epoch": start_epoch if resumed else None}
+        )
+        if state is not None and state["metrics"] is not None and restore_metrics(run.out_dir, state["metrics"]):
             # Logged after the metrics line, so the logs lack the mended epoch as well.
-            fabric.log_dict({k: v for k, v in state["metrics"].items() if k != "epoch"}, step=state["metrics"]["epoch"])
-    fabric.barrier()
+            metrics = state["metrics"]
+            run.fabric.log_dict({k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+    run.fabric.barrier()
 
-    def save(epochs_done: int, batch_in_epoch: int, progress: EpochProgress, last_record: dict | None) -> None:
-        """Rank 0 writes the resumable state atomically; the previous checkpoint stays until then."""
-        if is_main:
-            save_atomic(
-                {
-                    "model": pretrainer.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epochs_done,
-                    "batch_in_epoch": batch_in_epoch,
-                    "progress": dataclasses.asdict(progress),
-                    "global_step": step,
-                    "config": cfg.to_dict(),
-                    "metrics": last_record,
-                    "format": 1,
-                },
-                ckpt_path,
-            )
-        fabric.barrier()
+
+def _pretrain(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric, writer_lock: ExitStack) -> PretrainResult:
+    """:func:`pretrain` after Fabric's launch: open the run, build it, then train epoch after epoch."""
+    checkpoint_seen = _file_identity(out_dir / CHECKPOINT)
+    state, resumed = _open_run(cfg, out_dir, resume, fabric)
+    torch.manual_seed(cfg.seed)
+    data = _build_data(cfg, fabric)
+    run = Run(cfg, fabric, out_dir, **data, **_build_model(cfg, fabric, data["num_classes"], data["global_batch"]))
+    start_epoch = 0
+    if state is not None:
+        # After setup: parameters are on their device, and the optimizer state follows them there.
+        run.pretrainer.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        start_epoch, run.step = state["epoch"], state["global_step"]
+        run.last_record = state["metrics"]
+    _set_schedule(run)
+    _become_writer(fabric, out_dir, writer_lock, checkpoint_seen)
+    _start_writing(run, state, resumed, start_epoch)
 
     records: list[dict[str, Any]] = []
-    last_record = state["metrics"] if state is not None else None
     skip = state.get("batch_in_epoch", 0) if state is not None else 0
-    every_k = t.checkpoint_every_n_steps
-    bad_images_before = 0
     with StopSignals() as stop:
-        for epoch in range(start_epoch, t.max_epochs):
-            # Everything random in this epoch follows from (seed, epoch, rank): resuming here replays it exactly.
-            feed.begin_epoch(epoch)
-            model.train()
+        for epoch in range(start_epoch, cfg.trainer.max_epochs):
             progress = EpochProgress(**state["progress"]) if skip and state is not None else EpochProgress()
-            started = time.perf_counter() - progress.elapsed
-            bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{t.max_epochs}",
-                       disable=not (is_main and t.progress_bar), leave=False, dynamic_ncols=True)
-            for i, (views, labels) in enumerate(_timed(loader, progress)):
-                if device_views is not None:  # before the skip, so a mid-epoch resume replays the random draws
-                    views = device_views(views)
-                if i < skip:
-                    continue  # a mid-epoch resume replays the epoch's data stream up to where it stopped
-                accumulating = (i + 1) % accumulate != 0
-                if i % accumulate == 0:
-                    set_learning_rate(optimizer, lr_factor[min(step, total_steps - 1)])
-                with fabric.no_backward_sync(model, enabled=accumulating):
-                    out = model(views, labels)
-                    total = out["loss"] + out["loss_probe"] if "loss_probe" in out else out["loss"]
-                    fabric.backward(total / accumulate)
-                scalars = _read_scalars(out)
-                terms = {k: v for k, v in scalars.items() if k.startswith("loss")}
-                if not all(math.isfinite(v) for v in terms.values()):
-                    raise NonFiniteLossError(
-                        f"the loss is not finite at epoch {epoch + 1}, batch {i + 1} of {len(loader)} (global "
-                        f"step {step}): " + ", ".join(f"{k}={v}" for k, v in terms.items())
-                        + f". The last good checkpoint ({ckpt_path}) is untouched; lower optim.lr, check the "
-                        "data, or use trainer.precision=32."
-                    )
-                progress.add(scalars)
-                bar.update(1)
-                if accumulating:
-                    continue
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if base_momentum is not None:
-                    method.momentum_update(cosine_momentum(step, total_steps, base_momentum))
-                if is_main and t.progress_bar and (step % t.log_every_n_steps == 0 or i + 1 == len(loader)):
-                    rate = progress.batches * global_batch / (time.perf_counter() - started)
-                    bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-                                    img_s=f"{rate:.0f}")
-                stopping = stop.requested(fabric, step, t.log_every_n_steps)
-                if (stopping or (every_k and step % every_k == 0)) and i + 1 < len(loader):
-                    progress.elapsed = time.perf_counter() - started
-                    save(epoch, i + 1, progress, last_record)
-                if stopping:
-                    bar.close()
-                    raise TrainingInterrupted(
-                        f"stopped by {stop.signal_name} at epoch {epoch + 1}, batch {i + 1} of {len(loader)}; "
-                        f"the state is saved in {ckpt_path}: continue with --resume"
-                    )
-            bar.close()
+            elapsed = _train_one_epoch(run, epoch, skip, progress, stop)
             skip = 0
-            elapsed = time.perf_counter() - started
-
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-            record.update({k: _mean_over_ranks(fabric, v / progress.batches) for k, v in sorted(progress.sums.items())})
-            record["lr"] = optimizer.param_groups[0]["lr"]
-            bad = bad_image_count(dataset)
-            if bad or cfg.data.on_bad_image == "skip":
-                record["bad_images_skipped"] = bad - bad_images_before
-                bad_images_before = bad
-            record["images_per_s"] = progress.batches * global_batch / elapsed
-            record["epoch_time_s"] = elapsed
-            record["data_wait_fraction"] = progress.data_wait / elapsed if elapsed > 0 else 0.0
-            if progress.probe_count:
-                counts = torch.tensor([progress.probe_correct, progress.probe_count], dtype=torch.float64)
-                counts = fabric.all_reduce(counts, reduce_op="sum")
-                record["probe_top1"] = float(100 * counts[0] / counts[1])
-            knn_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.max_epochs)
-            if is_main and eval_sets is not None and knn_now:
-                knn = knn_of_backbone(method.backbone, cfg, fabric.device, datasets=eval_sets, num_classes=num_classes)
-                record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
-            if is_main and diagnose_batch is not None:
-                record.update(diagnose(method, diagnose_batch))
-
-            # Checkpoint first, then the metrics line: a kill in between is mended on resume.
-            save(epoch + 1, 0, EpochProgress(), record)
-            last_record = record
-            if is_main:
-                append_metrics(out_dir, record)
-                fabric.print(_summary_line(record, t.max_epochs))
-            fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+            record = _record_epoch(run, epoch, progress, elapsed)
             records.append(record)
             if stop.requested(fabric):
                 raise TrainingInterrupted(
-                    f"stopped by {stop.signal_name} after epoch {epoch + 1}; the state is saved in {ckpt_path}: "
+                    f"stopped by {stop.signal_name} after epoch {epoch + 1}; the state is saved in {run.ckpt_path}: "
                     "continue with --resume"
                 )
 
-    if is_main:
-        export_backbone(method.backbone, out_dir / BACKBONE, backbone_metadata(cfg, method.backbone))
+    if run.is_main:
+        export_backbone(run.method.backbone, out_dir / BACKBONE, backbone_metadata(cfg, run.method.backbone))
     for logger in fabric.loggers:
         logger.finalize("success")
     fabric.barrier()
-    return PretrainResult(records, pretrainer)
+    return PretrainResult(records, run.pretrainer)
+
+
+def _train_one_epoch(run: Run, epoch: int, skip: int, progress: EpochProgress, stop: StopSignals) -> float:
+    """The optimizer steps of one epoch (from batch ``skip`` on a mid-epoch resume); returns its seconds.
+
+    Everything random in the epoch follows from (seed, epoch, rank): resuming here replays it exactly.
+    """
+    cfg, t, loader = run.cfg, run.cfg.trainer, run.loader
+    accumulate = cfg.optim.accumulate_grad_batches
+    run.feed.begin_epoch(epoch)
+    run.model.train()
+    started = time.perf_counter() - progress.elapsed
+    bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{t.max_epochs}",
+               disable=not (run.is_main and t.progress_bar), leave=False, dynamic_ncols=True)
+    for i, (views, labels) in enumerate(_timed(loader, progress)):
+        if run.device_views is not None:  # before the skip, so a mid-epoch resume replays the random draws
+            views = run.device_views(views)
+        if i < skip:
+            continue  # a mid-epoch resume replays the epoch's data stream up to where it stopped
+        accumulating = (i + 1) % accumulate != 0
+        if i % accumulate == 0:
+            set_learning_rate(run.optimizer, run.lr_factor[min(run.step, run.total_steps - 1)])
+        terms = _forward_backward(run, views, labels, accumulating, progress, where=(epoch, i))
+        bar.update(1)
+        if accumulating:
+            continue
+        _optimizer_step(run)
+        if run.is_main and t.progress_bar and (run.step % t.log_every_n_steps == 0 or i + 1 == len(loader)):
+            rate = progress.batches * run.global_batch / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}",
+                            img_s=f"{rate:.0f}")
+        stopping = stop.requested(run.fabric, run.step, t.log_every_n_steps)
+        every_k = t.checkpoint_every_n_steps
+        if (stopping or (every_k and run.step % every_k == 0)) and i + 1 < len(loader):
+            progress.elapsed = time.perf_counter() - started
+            run.save(epoch, i + 1, progress)
+        if stopping:
+            bar.close()
+            raise TrainingInterrupted(
+                f"stopped by {stop.signal_name} at epoch {epoch + 1}, batch {i + 1} of {len(loader)}; "
+                f"the state is saved in {run.ckpt_path}: continue with --resume"
+            )
+    bar.close()
+    return time.perf_counter() - started
+
+
+def _forward_backward(
+    run: Run, views: Any, labels: torch.Tensor, accumulating: bool, progress: EpochProgress, where: tuple[int, int]
+) -> dict[str, float]:
+    """One batch's losses and their gradients (synchronised across ranks unless ``accumulating``); its loss
+    terms are added to ``progress`` and returned. A non-finite loss stops the run before the optimizer step."""
+    with run.fabric.no_backward_sync(run.model, enabled=accumulating):
+        out = run.model(views, labels)
+        total = out["loss"] + out["loss_probe"] if "loss_probe" in out else out["loss"]
+        run.fabric.backward(total / run.cfg.optim.accumulate_grad_batches)
+    scalars = _read_scalars(out)
+    terms = {k: v for k, v in scalars.items() if k.startswith("loss")}
+    if not all(math.isfinite(v) for v in terms.values()):
+        epoch, i = where
+        raise NonFiniteLossError(
+            f"the loss is not finite at epoch {epoch + 1}, batch {i + 1} of {len(run.loader)} (global "
+            f"step {run.step}): " + ", ".join(f"{k}={v}" for k, v in terms.items())
+            + f". The last good checkpoint ({run.ckpt_path}) is untouched; lower optim.lr, check the "
+            "data, or use trainer.precision=32."
+        )
+    progress.add(scalars)
+    return terms
+
+
+def _optimizer_step(run: Run) -> None:
+    """The optimizer step, then the momentum twins' update (methods with ``base_momentum``)."""
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    base_momentum = getattr(run.method, "base_momentum", None)
+    if base_momentum is not None:
+        run.method.momentum_update(cosine_momentum(run.step, run.total_steps, base_momentum))
+
+
+def _record_epoch(run: Run, epoch: int, progress: EpochProgress, elapsed: float) -> dict[str, Any]:
+    """The epoch's record (mean losses, speed, probe, kNN, diagnostics), checkpointed, then appended to
+    metrics.jsonl and the loggers."""
+    cfg, fabric = run.cfg, run.fabric
+    record: dict[str, Any] = {"epoch": epoch + 1, "step": run.step}
+    record.update({k: _mean_over_ranks(fabric, v / progress.batches) for k, v in sorted(progress.sums.items())})
+    record["lr"] = run.optimizer.param_groups[0]["lr"]
+    bad = bad_image_count(run.dataset)
+    if bad or cfg.data.on_bad_image == "skip":
+        record["bad_images_skipped"] = bad - run.bad_images_before
+        run.bad_images_before = bad
+    record["images_per_s"] = progress.batches * run.global_batch / elapsed
+    record["epoch_time_s"] = elapsed
+    record["data_wait_fraction"] = progress.data_wait / elapsed if elapsed > 0 else 0.0
+    if progress.probe_count:
+        counts = torch.tensor([progress.probe_correct, progress.probe_count], dtype=torch.float64)
+        counts = fabric.all_reduce(counts, reduce_op="sum")
+        record["probe_top1"] = float(100 * counts[0] / counts[1])
+    record.update(_evaluate_epoch(run, epoch))
+    # Checkpoint first (holding this record), then the metrics line: a kill in between is mended on resume.
+    run.last_record = record
+    run.save(epoch + 1, 0, EpochProgress())
+    if run.is_main:
+        append_metrics(run.out_dir, record)
+        fabric.print(_summary_line(record, cfg.trainer.max_epochs))
+    fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+    return record
+
+
+def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """kNN (every ``eval.every`` epochs and after the last) and diversity figures, on rank 0."""
+    cfg, figures = run.cfg, {}
+    knn_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.trainer.max_epochs)
+    if run.is_main and run.eval_sets is not None and knn_now:
+        knn = knn_of_backbone(run.method.backbone, cfg, run.fabric.device, datasets=run.eval_sets,
+                              num_classes=run.num_classes)
+        figures.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
+    if run.is_main and run.diagnose_batch is not None:
+        figures.update(diagnose(run.method, run.diagnose_batch))
+    return figures
 
 
 def set_cuda_defaults(precision: str) -> None:

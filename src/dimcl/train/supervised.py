@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from dimcl.build import build_backbone_from_config, crop_size, pretrain_images, view_configs
 from dimcl.config import Config, ConfigError
 from dimcl.data import ViewConfig, build_view_transform, dataset_info, labels_of
 from dimcl.train.sampling import epoch_seed
 from dimcl.train.schedules import warmup_cosine
-from dimcl.train.setup import build_backbone_from_config, crop_size, pretrain_images, view_configs
 
 #: the supervised recipe (see the module docstring)
 SUPERVISED = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1.0}

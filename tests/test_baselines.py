@@ -1,0 +1,94 @@
+"""Floors and ceiling (`dimcl baselines`): raw pixels, random init, supervised; their file; the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import write_fashion_mnist
+
+from dimcl.baselines import baselines, pixel_features, protocol_of, read_baselines, write_baselines
+from dimcl.build import build_eval_datasets
+from dimcl.cli import main
+from dimcl.eval.knn import weighted_knn
+from dimcl.recipes import load_config, resolve_recipe
+from dimcl.report import build_report
+
+SMALL = ["data.num_workers=0", "data.batch_size=16", "eval.knn_k=10", "trainer.progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_fashion_mnist(tmp_path_factory.mktemp("fm"), n_train=160, n_test=80)
+
+
+def cfg_of(data, *overrides):
+    return load_config(resolve_recipe("fashion_mnist/byol"), [f"data.root={data}", *SMALL, *overrides])
+
+
+def test_raw_pixels_are_the_normalised_images_scored_like_any_features(data):
+    cfg = cfg_of(data, "trainer.max_epochs=1")
+    bank, evaluation = build_eval_datasets(cfg)
+    features, labels = pixel_features(bank)
+    image, label = bank[3]
+    assert features.shape == (160, 784) and torch.equal(features[3], image.flatten()) and labels[3] == label
+    record = baselines(cfg, supervised=False, log=None)
+    test_features, test_labels = pixel_features(evaluation)
+    expected = weighted_knn(features, labels, test_features, test_labels, k=10, temperature=0.07, num_classes=10)
+    assert record["raw_pixels"]["knn_top1"] == expected["top1"]
+    assert record["raw_pixels"]["num_features"] == 784 and record["random_init"]["num_features"] == 256
+    assert (record["bank_size"], record["eval_size"]) == (160, 80) and "supervised" not in record
+    # The class bars of the fixture are visible in the pixels: the floor is far above chance (10%).
+    assert record["raw_pixels"]["knn_top1"] > 60 and record["raw_pixels"]["linear_top1"] > 60
+
+
+def test_random_init_depends_on_the_seed_only(data):
+    a = baselines(cfg_of(data, "seed=0"), supervised=False, log=None)["random_init"]
+    b = baselines(cfg_of(data, "seed=0"), supervised=False, log=None)["random_init"]
+    c = baselines(cfg_of(data, "seed=1"), supervised=False, log=None)["random_init"]
+    assert a == b and a != c
+
+
+def test_the_supervised_ceiling_learns_the_classes(data):
+    record = baselines(cfg_of(data, "trainer.max_epochs=8", "augment.crop_scale=[0.8,1.0]"), log=None)
+    supervised = record["supervised"]
+    assert supervised["epochs"] == 8 and supervised["steps"] == 8 * (160 // 16) and supervised["train_images"] == 160
+    # Ten classes told apart by one bright bar each (crops that keep it): the trained classifier is far
+    # above chance (10%; 91% on the machine this was written on, so 50 leaves a wide margin).
+    assert supervised["head_top1"] > 50 and supervised["linear_top1"] > 50
+
+
+def test_the_file_keeps_one_record_per_seed_and_protocol(tmp_path, data):
+    cfg = cfg_of(data)
+    record = {"seed": 0, "protocol": protocol_of(cfg), "raw_pixels": {"knn_top1": 1.0}}
+    write_baselines(tmp_path, record)
+    write_baselines(tmp_path, {**record, "seed": 1})
+    write_baselines(tmp_path, {**record, "raw_pixels": {"knn_top1": 2.0}})  # replaces seed 0
+    other = {**record, "protocol": {**record["protocol"], "data.eval_subset": 50}}
+    write_baselines(tmp_path, other)
+    records = read_baselines(tmp_path)
+    assert len(records) == 3
+    assert [r["raw_pixels"]["knn_top1"] for r in records if r["protocol"] == record["protocol"]] == [2.0, 1.0]
+
+
+def test_command_writes_the_file_and_the_report_shows_it(tmp_path, data, capsys):
+    out = tmp_path / "sweep"
+    code = main(["baselines", "-c", "fashion_mnist/byol", "-o", str(out), "--seeds", "0,1",
+                 "trainer.max_epochs=1", f"data.root={data}", *SMALL])
+    assert code == 0
+    records = read_baselines(out)
+    assert [r["seed"] for r in records] == [0, 1]
+    assert json.loads((out / "baselines.json").read_text())["records"][0]["supervised"]["epochs"] == 1
+    report = build_report(out)
+    assert "## Floors and ceiling" in report
+    pixels = [r["raw_pixels"]["knn_top1"] for r in records]
+    assert pixels[0] == pixels[1]  # no subset: both seeds score the same pixels
+    assert f"| raw pixels (floor) | 0, 1 | {pixels[0]:.2f} ± 0.00 |" in report
+    assert "| supervised backbone (ceiling) | 0, 1 |" in report
+
+
+def test_bad_input_is_a_clear_error(tmp_path, data, capsys):
+    assert main(["baselines", "-c", "fashion_mnist/byol", "-o", str(tmp_path), "data.val_size=-3"]) == 2
+    assert "data.val_size" in capsys.readouterr().err
+    assert not (tmp_path / "baselines.json").exists()
