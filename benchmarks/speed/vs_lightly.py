@@ -79,11 +79,13 @@ from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform,
 from lightly.utils.scheduler import cosine_schedule  # noqa: E402
 from step_speed import machine_name, write_random_cifar10  # noqa: E402
 
-from dimcl.recipes import load_config  # noqa: E402
 from dimcl.data import dataset_info  # noqa: E402
 from dimcl.methods import method_options  # noqa: E402
 from dimcl.models import build_backbone  # noqa: E402
-from dimcl.recipes import resolve_recipe  # noqa: E402
+from dimcl.recipes import (
+    load_config,  # noqa: E402
+    resolve_recipe,  # noqa: E402
+)
 from dimcl.train.loop import pretrain  # noqa: E402
 from dimcl.train.optim import build_optimizer  # noqa: E402
 

@@ -18,9 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TINY_RUN  # noqa: E402
 
 from dimcl.build import build_method_from_config  # noqa: E402
-from dimcl.recipes import load_config  # noqa: E402
 from dimcl.methods import cosine_momentum  # noqa: E402
-from dimcl.recipes import resolve_recipe  # noqa: E402
+from dimcl.recipes import (
+    load_config,  # noqa: E402
+    resolve_recipe,  # noqa: E402
+)
 from dimcl.train.loop import Pretrainer, pretrain  # noqa: E402
 from dimcl.train.optim import build_optimizer  # noqa: E402
 
