@@ -1,5 +1,8 @@
-"""Every method, with and without DimCL: named losses, learning, λ = 0 equals the plain method,
-momentum updates, and the registry's errors."""
+"""Every registered method, with and without DimCL: the method contract (name, output, momentum twin),
+named losses, learning, λ = 0 equals the plain method, momentum updates, and the registry's errors.
+
+The tests run over ``METHODS``, so a new method is covered once it is registered and has its entries in
+the two per-method tables here, ``SMALL_HEADS`` and ``EXPECTED_SSL`` (a test says when one is missing)."""
 
 import math
 
@@ -16,8 +19,9 @@ from dimcl.losses import (
     simsiam_loss,
     vicreg_loss,
 )
-from dimcl.methods import METHODS, DimCLConfig, build_method, cosine_momentum, method_options
+from dimcl.methods import METHODS, DimCLConfig, MethodOutput, SSLMethod, build_method, cosine_momentum, method_options
 
+#: options that keep each method's heads small enough for CPU tests
 SMALL_HEADS = {
     "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
     "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=256),
@@ -58,8 +62,39 @@ def views(n=16, seed=1):
     return [x + 0.1 * torch.randn(x.shape, generator=g), x + 0.1 * torch.randn(x.shape, generator=g)]
 
 
-def test_registry_holds_the_six_methods():
-    assert set(METHODS) == {"simclr", "mocov2plus", "byol", "simsiam", "barlow_twins", "vicreg"}
+def test_registry_holds_the_six_methods_of_the_paper():
+    assert {"simclr", "mocov2plus", "byol", "simsiam", "barlow_twins", "vicreg"} <= set(METHODS)
+    assert all(cls.name == name and issubclass(cls, SSLMethod) for name, cls in METHODS.items())
+
+
+@pytest.mark.parametrize("table", ["SMALL_HEADS", "EXPECTED_SSL"])
+def test_every_registered_method_has_its_entries_in_the_per_method_tables(table):
+    missing = sorted(set(METHODS) - set(globals()[table]))
+    options = "; ".join(f"{m} takes {', '.join(method_options(m))}" for m in missing)
+    hint = f"small values for its width options ({options})" if table == "SMALL_HEADS" else "see the comment above it"
+    assert not missing, f"add an entry for {', '.join(missing)} to {table} in tests/methods/test_methods.py: {hint}"
+
+
+def test_a_method_class_must_declare_its_name():
+    with pytest.raises(TypeError, match=r"Nameless must declare its registry name.*got None"):
+
+        class Nameless(SSLMethod):
+            pass
+
+    with pytest.raises(TypeError, match=r"MyBYOL must declare its registry name.*got None"):
+
+        class MyBYOL(METHODS["byol"]):  # inheriting "byol" would clash in the registry
+            pass
+
+    with pytest.raises(TypeError, match=r"got 'My Method'"):
+
+        class Spaced(SSLMethod):
+            name = "My Method"
+
+    class Named(SSLMethod):
+        name = "named"
+
+    assert Named.name == "named" and Named.base_momentum is None
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -67,8 +102,9 @@ def test_registry_holds_the_six_methods():
 def test_step_returns_named_losses_and_gradients(name, weight):
     method = make(name, weight)
     out = method(views())
-    assert {"loss", "loss_ssl", "features", "z1", "z2"} <= set(out)
-    assert ("loss_dimcl" in out) == (weight > 0)
+    # The keys MethodOutput declares: all the required ones, loss_dimcl exactly when λ > 0.
+    assert set(out) == MethodOutput.__required_keys__ | ({"loss_dimcl"} if weight > 0 else set())
+    assert MethodOutput.__optional_keys__ == {"loss_dimcl"}
     assert out["features"].shape == (16, TinyBackbone.num_features)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
@@ -115,34 +151,41 @@ def test_weight_zero_is_bit_identical_to_the_plain_method(name):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
 
 
-def _expected_ssl(name, method, batch, out):
-    """Each method's objective recomputed from its parts with the loss functions."""
-    z1, z2 = out["z1"], out["z2"]
-    if name == "simclr":
-        return nt_xent_loss(z1, z2, 0.2)
-    if name == "barlow_twins":
-        return barlow_twins_loss(z1, z2)
-    if name == "vicreg":
-        return vicreg_loss(z1, z2)
-    if name == "simsiam":
-        p1, p2 = method.predictor(z1), method.predictor(z2)
-        return (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
+def _momentum_targets(method, batch):
     with torch.no_grad():
-        t1 = method.momentum_projector(method.momentum_backbone(batch[0]))
-        t2 = method.momentum_projector(method.momentum_backbone(batch[1]))
-    if name == "byol":
-        p1, p2 = method.predictor(z1), method.predictor(z2)
-        return byol_loss(p1, t2) + byol_loss(p2, t1)
-    return None  # mocov2plus: checked separately, its queue moves on every forward
+        return tuple(method.momentum_projector(method.momentum_backbone(x)) for x in batch)
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if n != "mocov2plus"])
+def _byol_ssl(method, batch, z1, z2):
+    t1, t2 = _momentum_targets(method, batch)
+    p1, p2 = method.predictor(z1), method.predictor(z2)
+    return byol_loss(p1, t2) + byol_loss(p2, t1)
+
+
+def _simsiam_ssl(method, batch, z1, z2):
+    p1, p2 = method.predictor(z1), method.predictor(z2)
+    return (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
+
+
+#: each method's objective recomputed from its parts with the loss functions:
+#: (method in eval mode, views, z1, z2) -> loss_ssl; None where a dedicated test checks it
+EXPECTED_SSL = {
+    "simclr": lambda method, batch, z1, z2: nt_xent_loss(z1, z2, 0.2),
+    "mocov2plus": None,  # test_moco_uses_the_queue_and_enqueues_keys: its queue moves on every forward
+    "byol": _byol_ssl,
+    "simsiam": _simsiam_ssl,
+    "barlow_twins": lambda method, batch, z1, z2: barlow_twins_loss(z1, z2),
+    "vicreg": lambda method, batch, z1, z2: vicreg_loss(z1, z2),
+}
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if EXPECTED_SSL.get(n) is not None])
 def test_loss_is_the_weighted_sum_of_the_method_objective_and_dimcl(name):
     method = make(name, weight=0.25).eval()  # eval: BN uses running stats, so recomputation matches
     batch = views()
     with torch.no_grad():
         out = method(batch)
-        expected_ssl = _expected_ssl(name, method, batch, out)
+        expected_ssl = EXPECTED_SSL[name](method, batch, out["z1"], out["z2"])
         expected_dimcl = dimcl_loss(out["z1"], out["z2"], 0.1)
     torch.testing.assert_close(out["loss_ssl"], expected_ssl)
     torch.testing.assert_close(out["loss_dimcl"], expected_dimcl)
@@ -170,7 +213,26 @@ def test_moco_uses_the_queue_and_enqueues_keys():
     assert method.queue_ptr.item() == 48 % 40
 
 
-@pytest.mark.parametrize("name", ["byol", "mocov2plus"])
+def test_the_momentum_methods_of_the_paper_have_a_twin():
+    assert {n for n in METHODS if make(n).base_momentum is not None} >= {"byol", "mocov2plus"}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_base_momentum_and_momentum_pairs_go_together(name):
+    method = make(name)
+    pairs = method.momentum_pairs()
+    if method.base_momentum is None:
+        assert pairs == [], f"{name} has momentum pairs but no base_momentum: the training loop would never update them"
+        return
+    assert 0 < method.base_momentum <= 1
+    assert pairs, f"{name} sets base_momentum but momentum_pairs() is empty"
+    assert "base_momentum" in method_options(name)  # a config key, method.base_momentum
+    for online, twin in pairs:
+        assert all(not p.requires_grad for p in twin.parameters())
+        assert [p.shape for p in online.parameters()] == [p.shape for p in twin.parameters()]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
 def test_momentum_update_moves_the_target_by_the_scheduled_amount(name):
     method = make(name, weight=0.1)
     with torch.no_grad():  # make online and target differ
@@ -178,7 +240,11 @@ def test_momentum_update_moves_the_target_by_the_scheduled_amount(name):
             p.add_(torch.randn_like(p))
     tau = cosine_momentum(30, 100)
     pairs = method.momentum_pairs()
-    assert pairs, "a momentum method must expose its (online, target) pairs"
+    if method.base_momentum is None:  # no twin: the update touches nothing
+        params = [p.clone() for p in method.parameters()]
+        method.momentum_update(tau)
+        assert all(torch.equal(a, b) for a, b in zip(params, method.parameters(), strict=True))
+        return
     before = [[(p.clone(), q.clone()) for p, q in zip(o.parameters(), t.parameters(), strict=True)] for o, t in pairs]
     method.momentum_update(tau)
     for (_, target), olds in zip(pairs, before, strict=True):

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from dimcl.methods.barlow_twins import BarlowTwins
-from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
 from dimcl.methods.byol import BYOL
 from dimcl.methods.mocov2plus import MoCoV2Plus
 from dimcl.methods.momentum import cosine_momentum
@@ -69,6 +69,7 @@ __all__ = [
     "METHODS",
     "BarlowTwins",
     "DimCLConfig",
+    "MethodOutput",
     "MoCoV2Plus",
     "SSLMethod",
     "SimCLR",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dimcl.losses.barlow_twins import barlow_twins_loss
-from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
 from dimcl.models.heads import mlp
 
 
@@ -31,9 +31,9 @@ class BarlowTwins(SSLMethod):
         self.lambd = lambd
         self.scale_loss = scale_loss
 
-    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
         loss = barlow_twins_loss(
             z1, z2, self.lambd, self.scale_loss, gather_distributed=self.gather_distributed
         )
-        return {**self.combine(loss, z1, z2), "features": f1}
+        return self.combine(loss, z1, z2, f1)

@@ -1,13 +1,17 @@
-"""What every SSL method shares: a backbone, the DimCL switch, and the loss combination.
+"""What every SSL method shares: a backbone, the DimCL switch, the loss combination, and the contract
+the training loop relies on.
 
-A method is an ``nn.Module`` whose ``forward(views)`` takes a list of two augmented batches
-(N, C, H, W) and returns a dict of named values:
+The contract of a method (a subclass of :class:`SSLMethod`):
 
-- ``loss``        the total to minimise, ``(1 - λ) · loss_ssl + λ · loss_dimcl``
-- ``loss_ssl``    the method's own objective
-- ``loss_dimcl``  the DimCL term (only present when λ > 0; with λ = 0 it is never computed)
-- ``features``    backbone features of the first view (N, F), for online probes and diagnostics
-- ``z1``, ``z2``  the online projector outputs DimCL is applied to (N, D)
+- ``name``: its registry name, a class attribute (checked when the class is defined); the config's
+  ``method.name`` and the recipes' file names ``configs/<dataset>/<name>.yaml``.
+- ``__init__(backbone, dimcl=None, *, <options with defaults>, gather_distributed=True)``: the
+  keyword options become the config keys ``method.<option>``.
+- ``forward(views)``: two augmented batches (N, C, H, W) in, a :class:`MethodOutput` out.
+- ``base_momentum`` and ``momentum_pairs()``: a method with a momentum (EMA) twin sets
+  ``base_momentum`` and returns its (online, twin) module pairs; after every optimizer step the
+  training loop calls ``momentum_update(cosine_momentum(step, total_steps, base_momentum))``.
+  ``base_momentum = None`` (the default) means no twin, and the loop never calls it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar, TypedDict
 
 import torch
 from torch import nn
@@ -46,10 +51,44 @@ class DimCLConfig:
         return self.weight > 0
 
 
-class SSLMethod(nn.Module):
-    """Base of the six methods. Subclasses build their heads and implement ``forward``."""
+class _RequiredOutput(TypedDict):
+    loss: torch.Tensor
+    loss_ssl: torch.Tensor
+    features: torch.Tensor
+    z1: torch.Tensor
+    z2: torch.Tensor
 
-    name: str = ""
+
+class MethodOutput(_RequiredOutput, total=False):
+    """What ``forward(views)`` returns (built by :meth:`SSLMethod.combine`).
+
+    - ``loss``        the total to minimise, ``(1 - λ) · loss_ssl + λ · loss_dimcl``
+    - ``loss_ssl``    the method's own objective
+    - ``loss_dimcl``  the DimCL term, only present when λ > 0 (with λ = 0 it is never computed)
+    - ``features``    backbone features of the first view (N, F), for online probes and diagnostics
+    - ``z1``, ``z2``  the online projector outputs DimCL is applied to (N, D)
+    """
+
+    loss_dimcl: torch.Tensor
+
+
+class SSLMethod(nn.Module):
+    """Base of the methods. Subclasses declare ``name``, build ``self.projector`` (and their other heads)
+    on ``backbone.num_features``, and implement ``forward``; see the module docstring for the contract."""
+
+    #: the registry name; every subclass declares its own
+    name: ClassVar[str] = ""
+    #: τ at step 0 of the momentum twin's cosine schedule; None: the method has no momentum twin
+    base_momentum: float | None = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if not (isinstance(name, str) and name.isidentifier() and name.islower()):
+            raise TypeError(
+                f"method class {cls.__qualname__} must declare its registry name as a class attribute of "
+                f"its own (not inherited), a lower-case identifier such as name = \"simclr\"; got {name!r}"
+            )
 
     def __init__(self, backbone: nn.Module, dimcl: DimCLConfig | None = None, gather_distributed: bool = True):
         super().__init__()
@@ -78,20 +117,27 @@ class SSLMethod(nn.Module):
         f1 = self.backbone(x1)
         return f1, self.projector(f1), self.projector(self.backbone(x2))
 
-    def combine(self, loss_ssl: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(1 - λ) · loss_ssl + λ · DimCL(z1, z2)``; with λ = 0 the loss *is* ``loss_ssl``."""
-        out = {"loss_ssl": loss_ssl, "z1": z1, "z2": z2}
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """The method's step on two augmented views (N, C, H, W); ends with ``return self.combine(...)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(views)")
+
+    def combine(
+        self, loss_ssl: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, features: torch.Tensor
+    ) -> MethodOutput:
+        """The output of ``forward``: ``loss = (1 - λ) · loss_ssl + λ · DimCL(z1, z2)``; with λ = 0 the loss
+        *is* ``loss_ssl`` and DimCL is not computed. ``features`` are the backbone's on view 1."""
         if self.dimcl_loss is None:
-            out["loss"] = loss_ssl
-            return out
+            return MethodOutput(loss_ssl=loss_ssl, z1=z1, z2=z2, loss=loss_ssl, features=features)
         loss_dimcl = self.dimcl_loss(z1, z2)
         weight = self.dimcl.weight
-        out["loss_dimcl"] = loss_dimcl
-        out["loss"] = (1 - weight) * loss_ssl + weight * loss_dimcl
-        return out
+        loss = (1 - weight) * loss_ssl + weight * loss_dimcl
+        return MethodOutput(loss_ssl=loss_ssl, z1=z1, z2=z2, loss_dimcl=loss_dimcl, loss=loss, features=features)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, momentum) module pairs that ``momentum_update`` moves; none for most methods."""
+        """The (online, momentum twin) module pairs that ``momentum_update`` moves.
+
+        Empty unless the method has a momentum twin; one that overrides this sets ``base_momentum``.
+        """
         return []
 
     @torch.no_grad()

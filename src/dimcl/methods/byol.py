@@ -8,14 +8,12 @@ import torch
 from torch import nn
 
 from dimcl.losses.negative_cosine import byol_loss
-from dimcl.methods.base import DimCLConfig, SSLMethod, momentum_copy
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod, momentum_copy
 from dimcl.models.heads import mlp
 
 
 class BYOL(SSLMethod):
     name = "byol"
-    #: τ of the EMA target, moved from base to final by a cosine schedule over training.
-    base_momentum: float = 0.99
 
     def __init__(
         self,
@@ -38,7 +36,7 @@ class BYOL(SSLMethod):
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
 
-    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
         x1, x2 = views
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -47,4 +45,4 @@ class BYOL(SSLMethod):
             t2 = self.momentum_projector(self.momentum_backbone(x2))
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         # DimCL regularises the online projector outputs z, not the predictor outputs p.
-        return {**self.combine(loss, z1, z2), "features": f1}
+        return self.combine(loss, z1, z2, f1)

@@ -10,7 +10,7 @@ from torch import nn
 
 from dimcl.distributed import gather_no_grad
 from dimcl.losses.moco import moco_loss
-from dimcl.methods.base import DimCLConfig, SSLMethod, momentum_copy
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod, momentum_copy
 from dimcl.models.heads import mlp
 
 
@@ -53,7 +53,7 @@ class MoCoV2Plus(SSLMethod):
         self.queue[:, idx] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[1]) % size)
 
-    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, q1, q2 = self.encode(views)
         x1, x2 = views
         with torch.no_grad():
@@ -66,4 +66,4 @@ class MoCoV2Plus(SSLMethod):
         if self.training:
             self._enqueue(k1, k2)
         # DimCL regularises the query projections before their L2 normalisation (as the authors do).
-        return {**self.combine(loss, q1, q2), "features": f1}
+        return self.combine(loss, q1, q2, f1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dimcl.losses.nt_xent import nt_xent_loss
-from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
 from dimcl.models.heads import mlp
 
 
@@ -29,7 +29,7 @@ class SimCLR(SSLMethod):
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_output_dim, 2)
         self.temperature = temperature
 
-    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
         loss = nt_xent_loss(z1, z2, self.temperature, gather_distributed=self.gather_distributed)
-        return {**self.combine(loss, z1, z2), "features": f1}
+        return self.combine(loss, z1, z2, f1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dimcl.losses.negative_cosine import simsiam_loss
-from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
 from dimcl.models.heads import mlp
 
 
@@ -31,9 +31,9 @@ class SimSiam(SSLMethod):
         )
         self.predictor = mlp(proj_output_dim, pred_hidden_dim, proj_output_dim, 2)
 
-    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
         # DimCL regularises the projector outputs z, not the predictor outputs p (as the authors do).
-        return {**self.combine(loss, z1, z2), "features": f1}
+        return self.combine(loss, z1, z2, f1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dimcl.losses.vicreg import vicreg_loss
-from dimcl.methods.base import DimCLConfig, SSLMethod
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
 from dimcl.models.heads import mlp
 
 
@@ -31,7 +31,7 @@ class VICReg(SSLMethod):
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_output_dim, 3)
         self.weights = (sim_weight, var_weight, cov_weight)
 
-    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
         loss = vicreg_loss(z1, z2, *self.weights, gather_distributed=self.gather_distributed)
-        return {**self.combine(loss, z1, z2), "features": f1}
+        return self.combine(loss, z1, z2, f1)
