@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import functional as tvf
 from dimcl.build import build_device_views, build_pretrain_dataset
 from dimcl.checkpoint import load_checkpoint
 from dimcl.data import TensorImageDataset, ViewConfig, ViewTransform, byol_view_configs, dataset_info, eval_transform
+from dimcl.data.augment_plan import RandomColumns
 from dimcl.data.device_views import (
     BatchMultiView,
     BatchViewTransform,
@@ -203,7 +204,7 @@ def test_crop_boxes_are_torchvisions_and_stay_in_range() -> None:
     assert params.jitter.float().mean() == pytest.approx(0.8, abs=0.03)
     # Box for box what the per-image transform makes of the same random numbers.
     torch.manual_seed(0)
-    random = torch.rand(100, ViewTransform._NUM_RANDOM).tolist()
+    random = torch.rand(100, RandomColumns.COUNT).tolist()
     expected = [ViewTransform(view, CIFAR).crop_box(40, 60, r) for r in random]
     assert params.boxes[:100].tolist() == [list(box) for box in expected]
     # Nothing fits a (1, 1) crop of a very wide image: the widest centred crop allowed, for every sample.

@@ -18,6 +18,7 @@ from dimcl.data import (
     dataset_info,
     eval_transform,
 )
+from dimcl.data.augment_plan import RandomColumns, gaussian_weights
 from dimcl.data.views import _gaussian_blur, _shift_hue
 
 FASHION = dataset_info("fashion_mnist")
@@ -203,15 +204,15 @@ def test_view_config_validation_names_the_field() -> None:
 def test_grayscale_data_keeps_one_channel_and_skips_colour_steps() -> None:
     view = ViewTransform(ViewConfig(28, saturation=0.5, hue=0.2, grayscale_prob=1.0), FASHION)
     assert [name for name, _, _ in view.jitter] == ["brightness", "contrast"]
-    assert view.grayscale_prob == 0.0
+    assert view.plan.grayscale_prob == 0.0
     torch.manual_seed(0)
     assert view(random_image(1, 28)).shape == (1, 28, 28)
 
 
 def test_jitter_steps_match_torchvision() -> None:
     x = torch.rand(3, 16, 16)
-    random = [0.0] * ViewTransform._NUM_RANDOM
-    random[ViewTransform._R_FACTORS] = 0.75  # factor 1 - s + 2 s * 0.75 = 1 + s / 2
+    random = [0.0] * RandomColumns.COUNT
+    random[RandomColumns.FACTORS] = 0.75  # factor 1 - s + 2 s * 0.75 = 1 + s / 2
     cases = [
         ("brightness", tvf.adjust_brightness_image(x, 1.2)),
         ("contrast", tvf.adjust_contrast_image(x, 1.2)),
@@ -240,7 +241,7 @@ def test_hue_shift_matches_torchvision(shift) -> None:
 def test_gaussian_blur_matches_torchvision(size, kernel, sigma) -> None:
     x = torch.rand(3, size, size + 5)
     expected = tvf.gaussian_blur_image(x, [kernel, kernel], [sigma, sigma])
-    assert torch.allclose(_gaussian_blur(x, kernel, sigma), expected, atol=1e-5)
+    assert torch.allclose(_gaussian_blur(x, gaussian_weights(kernel, sigma)), expected, atol=1e-5)
 
 
 def test_flip_and_solarization_steps() -> None:
@@ -265,7 +266,7 @@ def test_random_crops_respect_scale_and_bounds() -> None:
     view = ViewTransform(ViewConfig(32, crop_scale=(0.2, 0.5)), CIFAR)
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):
-        random = torch.rand(ViewTransform._NUM_RANDOM, generator=generator).tolist()
+        random = torch.rand(RandomColumns.COUNT, generator=generator).tolist()
         top, left, h, w = view.crop_box(40, 60, random)
         assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 60
         assert 0.15 <= h * w / 2400 <= 0.55

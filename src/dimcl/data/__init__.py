@@ -15,15 +15,8 @@ from dimcl.data.datasets import (
     dataset_info,
     labels_of,
 )
-from dimcl.data.views import (
-    EvalTransform,
-    MultiViewTransform,
-    ViewConfig,
-    ViewTransform,
-    build_view_transform,
-    byol_view_configs,
-    eval_transform,
-)
+from dimcl.data.view_config import ViewConfig, byol_view_configs
+from dimcl.data.views import EvalTransform, MultiViewTransform, ViewTransform, build_view_transform, eval_transform
 
 __all__ = [
     "DATASETS",

@@ -7,16 +7,18 @@ to the device: the loader then yields every image once, as a uint8 tensor of one
 the device the batch lives on, right before the forward pass. This also moves an eighth of the bytes
 from host to device (one uint8 image instead of two float32 views).
 
-The recipe is :class:`~dimcl.data.views.ViewConfig`'s, step for step and formula for formula:
-random resized crop -> horizontal flip -> colour jitter (brightness, contrast, saturation, hue in a
-random order) -> grayscale -> Gaussian blur -> solarization -> normalisation. Every sample gets its own
-parameters, including its own order of the jitter steps. The random numbers of a batch come from one
-``torch.rand((B, 36))`` on the batch's device (torch's global generator for that device, so
-``torch.manual_seed`` makes views reproducible), laid out per row exactly as ``ViewTransform`` lays out
-its 36 numbers per image. On the CPU, where ``torch.rand((B, 36))`` draws the same numbers as ``B`` calls
-of ``torch.rand(36)``, a batch therefore gets the very views that ``ViewTransform`` gives its images one
-after another under the same seed (to float rounding; the tests check this). CUDA's generator draws
-other numbers, from the same distribution.
+The recipe is the :class:`~dimcl.data.augment_plan.AugmentPlan` of a
+:class:`~dimcl.data.view_config.ViewConfig`, the plan that ``ViewTransform`` applies too, step for step
+and formula for formula: random resized crop -> horizontal flip -> colour jitter (brightness, contrast,
+saturation, hue in a random order) -> grayscale -> Gaussian blur -> solarization -> normalisation. Every
+sample gets its own parameters, including its own order of the jitter steps. The random numbers of a
+batch come from one ``torch.rand((B, 36))`` on the batch's device (torch's global generator for that
+device, so ``torch.manual_seed`` makes views reproducible), one row per sample laid out as
+:class:`~dimcl.data.augment_plan.RandomColumns` says and turned into parameters by the plan's functions,
+as ``ViewTransform`` does with its row of 36 per image. On the CPU, where ``torch.rand((B, 36))`` draws
+the same numbers as ``B`` calls of ``torch.rand(36)``, a batch therefore gets the very views that
+``ViewTransform`` gives its images one after another under the same seed (to float rounding; the tests
+check this). CUDA's generator draws other numbers, from the same distribution.
 
 Crop, resize and flip: one batched matrix product per axis. For each sample the crop box is drawn with
 torchvision's ``RandomResizedCrop`` algorithm (ten tries, then the centred fallback) and turned into two
@@ -28,8 +30,8 @@ slice + ``interpolate`` gives, identity crops included. ``F.grid_sample`` was th
 outside the box at its edges and cannot antialias a shrinking crop (``roi_align`` averages a box of
 samples instead, an approximation of its own, and needs a separate flip). The matrices cost
 ``B * S * (H + W)`` numbers per view (120 MB for 256 crops of 224 px from 256 px images) and the
-products run as batched GEMMs, which GPUs do at full speed; with ``torch.backends.cuda.matmul.allow_tf32`` (or
-``torch.set_float32_matmul_precision("high")``) they run in TF32, whose ~5e-4 relative error is below
+products run as batched GEMMs, which GPUs do at full speed; with ``torch.backends.cuda.matmul.allow_tf32``
+(or ``torch.set_float32_matmul_precision("high")``) they run in TF32, whose ~5e-4 relative error is below
 an 8-bit image's quantisation step. The Gaussian blur is a grouped ``conv2d`` (one kernel per sample)
 and so also follows cuDNN's TF32 setting on CUDA.
 
@@ -39,14 +41,8 @@ it). Nothing loops over samples; the only Python loop runs over the (at most 4) 
 order. The one exception to "compute for all": the hue shift, which costs as much as all other colour
 steps together, runs at each jitter position only on the samples that take it there; grouping them
 reads four counts from the device, this transform's only wait for it (per view and batch, when hue
-jitter is on at all).
-
-Timing (informative), two BYOL views of a batch of 256 uint8 images, CPU tensors, one thread, on the
-shared 2-core dev box under load from other jobs (best of 5): Fashion-MNIST 28 px 6-7 ms per batch
-against 30-31 ms for the per-image ``MultiViewTransform`` applied 256 times (4-5x less); CIFAR-10 32 px
-27-40 ms against 96-98 ms (2.4-3.6x). On the CPU many of those milliseconds are page faults of freshly
-allocated megabyte-sized tensors, which is why the hue shift works in place; a CUDA caching allocator
-has none.
+jitter is on at all). On the CPU every freshly allocated megabyte-sized tensor costs page faults, which
+is why the hue shift works in place.
 """
 
 from __future__ import annotations
@@ -60,26 +56,28 @@ import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
+from dimcl.data.augment_plan import AugmentPlan, JitterStep, RandomColumns, batch_gaussian_weights, scaled
 from dimcl.data.datasets import DatasetInfo
-from dimcl.data.views import _LUMA, ViewConfig, ViewTransform, _as_image_tensor, _reflect_pad
+from dimcl.data.image_ops import (
+    as_image_tensor,
+    luma,
+    reflect_pad,
+    resize_shorter_side,
+    resized_side,
+    rgb_from_hue,
+    solarize,
+)
+from dimcl.data.view_config import ViewConfig
 
 #: Datasets whose images come in varying sizes; the loader resizes them to one size (see RawImageTransform).
 VARIABLE_SIZE_DATASETS = frozenset({"imagefolder"})
-
-# The per-image random layout of ViewTransform, reused column for column.
-_V = ViewTransform
-
-# HSV -> RGB profile of views._shift_hue, shaped for (B, 3, H, W) batches.
-_HUE_K = (3.0, 2.0, 4.0)
-_HUE_S = (1.0, -1.0, -1.0)
-_HUE_A = (-1.0, 2.0, 2.0)
 
 
 @dataclass
 class BatchViewParams:
     """The random parameters of one view of a batch of B images; every tensor lives on the batch's device.
 
-    ``factors[:, j]`` belongs to the ``j``-th jitter step of the transform's ``jitter`` list (hue: shift in
+    ``factors[:, j]`` belongs to the ``j``-th jitter step of the plan's ``jitter`` list (hue: shift in
     turns); ``order[b, k]`` is the step that sample ``b`` applies ``k``-th.
     """
 
@@ -97,76 +95,57 @@ class BatchViewParams:
 class BatchViewTransform:
     """One augmented view of a batch: uint8 (B, C, H, W) on any device -> normalised float32 (B, C, S, S).
 
-    Same recipe and formulas as :class:`~dimcl.data.views.ViewTransform` (see the module docstring),
-    with per-sample random parameters. Float input is taken to be in [0, 1]. The input is not modified.
+    Applies the same :class:`~dimcl.data.augment_plan.AugmentPlan` as :class:`~dimcl.data.views.ViewTransform`
+    (see the module docstring), with per-sample random parameters. Float input is taken to be in [0, 1].
+    The input is not modified.
     """
 
     def __init__(self, view: ViewConfig, info: DatasetInfo) -> None:
         self.view = view
-        self.channels = info.in_channels
-        self.mean = tuple(float(v) for v in info.mean)
-        self.std = tuple(float(v) for v in info.std)
-        # The per-image transform knows which jitter steps do something, the blur kernel and whether
-        # grayscale applies; sharing it keeps the two paths from drifting apart.
-        self.image_transform = ViewTransform(view, info)
-        self.jitter = self.image_transform.jitter
-        self.blur_kernel = self.image_transform.blur_kernel
-        self.grayscale_prob = self.image_transform.grayscale_prob
+        self.plan = AugmentPlan.from_view(view, info)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.view})"
+
+    @property
+    def jitter(self) -> tuple[JitterStep, ...]:
+        """The colour-jitter steps that do something for this dataset (the plan's)."""
+        return self.plan.jitter
+
+    @property
+    def blur_kernel(self) -> int:
+        """Side of the Gaussian blur kernel (the plan's)."""
+        return self.plan.blur_kernel
 
     # ---------------------------------------------------------------------------------------------
     # Random parameters
 
     def draw(self, batch_size: int, height: int, width: int, device: torch.device | str) -> BatchViewParams:
         """Per-sample parameters for ``batch_size`` images of ``height`` x ``width``, from one ``torch.rand``."""
-        view = self.view
-        random = torch.rand(batch_size, _V._NUM_RANDOM, device=device)
+        plan = self.plan
+        random = torch.rand(batch_size, RandomColumns.COUNT, device=device)
         # Box geometry in float64 as the per-image path's Python floats (MPS has no float64).
         wide = torch.float32 if torch.device(device).type == "mps" else torch.float64
         r = random.to(wide)
-        boxes = self._crop_boxes(r, height, width)
-        jitter_count = len(self.jitter)
-        factors = r[:, _V._R_FACTORS : _V._R_FACTORS + jitter_count]
+        jitter_count = len(plan.jitter)
+        factors = r[:, RandomColumns.FACTORS : RandomColumns.FACTORS + jitter_count]
         if jitter_count:
-            low = torch.tensor([s[1] for s in self.jitter], dtype=wide, device=device)
-            high = torch.tensor([s[2] for s in self.jitter], dtype=wide, device=device)
-            factors = low + (high - low) * factors
-        lo, hi = view.blur_sigma
+            low = torch.tensor([step.low for step in plan.jitter], dtype=wide, device=device)
+            high = torch.tensor([step.high for step in plan.jitter], dtype=wide, device=device)
+            factors = scaled(low, high, factors)
+        order_keys = random[:, RandomColumns.ORDER : RandomColumns.ORDER + jitter_count]
         return BatchViewParams(
-            boxes=boxes,
-            flip=random[:, _V._R_FLIP] < view.horizontal_flip,
-            jitter=random[:, _V._R_JITTER] < (view.color_jitter_prob if jitter_count else 0.0),
+            boxes=plan.crop_boxes(r, height, width),
+            flip=random[:, RandomColumns.FLIP] < plan.horizontal_flip,
+            jitter=random[:, RandomColumns.JITTER] < plan.color_jitter_prob,
             factors=factors.to(torch.float32),
             # Ascending sort keys, as the per-image path's sorted(); a stable sort keeps its tie order.
-            order=random[:, _V._R_ORDER : _V._R_ORDER + jitter_count].argsort(dim=1, stable=True),
-            gray=random[:, _V._R_GRAY] < self.grayscale_prob,
-            blur=random[:, _V._R_BLUR] < view.gaussian_blur_prob,
-            sigma=lo + (hi - lo) * r[:, _V._R_SIGMA],
-            solarize=random[:, _V._R_SOLAR] < view.solarization_prob,
+            order=order_keys.argsort(dim=1, stable=True),
+            gray=random[:, RandomColumns.GRAY] < plan.grayscale_prob,
+            blur=random[:, RandomColumns.BLUR] < plan.gaussian_blur_prob,
+            sigma=scaled(plan.blur_sigma[0], plan.blur_sigma[1], r[:, RandomColumns.SIGMA]),
+            solarize=random[:, RandomColumns.SOLARIZE] < plan.solarization_prob,
         )
-
-    def _crop_boxes(self, r: Tensor, height: int, width: int) -> Tensor:
-        """(B, 4) int64 boxes (top, left, h, w): torchvision's RandomResizedCrop, all samples at once."""
-        tries = _V._CROP_TRIES
-        u = r[:, _V._R_CROP : _V._R_CROP + 2 * tries].view(-1, tries, 2)
-        (s0, s1), (l0, l1) = self.view.crop_scale, self.image_transform.log_ratio
-        target = height * width * (s0 + (s1 - s0) * u[..., 0])
-        ratio = torch.exp(l0 + (l1 - l0) * u[..., 1])
-        w = torch.sqrt(target * ratio).round()  # round half to even, as Python's round()
-        h = torch.sqrt(target / ratio).round()
-        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits
-        found = fits.any(dim=1)
-        h = h.gather(1, first).squeeze(1)
-        w = w.gather(1, first).squeeze(1)
-        top = (r[:, _V._R_POS] * (height - h + 1)).floor()
-        left = (r[:, _V._R_POS + 1] * (width - w + 1)).floor()
-        fb_top, fb_left, fb_h, fb_w = _fallback_box(height, width, self.view.crop_ratio)
-        boxes = torch.stack([top, left, h, w], dim=1).to(torch.int64)
-        fallback = torch.tensor([fb_top, fb_left, fb_h, fb_w], dtype=torch.int64, device=r.device)
-        return torch.where(found[:, None], boxes, fallback)
 
     # ---------------------------------------------------------------------------------------------
     # Applying them
@@ -180,38 +159,38 @@ class BatchViewTransform:
     @torch.no_grad()
     def apply(self, images: Tensor, params: BatchViewParams) -> Tensor:
         """The view of ``images`` (uint8 or float in [0, 1], (B, C, H, W)) under the given parameters."""
+        plan = self.plan
         images = self._check(images)
         x = images.to(torch.float32)
         if images.dtype == torch.uint8:
             x = x.div_(255)
         x = self._crop_resize_flip(x, params)
-        if self.jitter:
+        if plan.jitter:
             x = torch.where(_per_sample(params.jitter), self._color_jitter(x, params), x)
-        if self.grayscale_prob > 0:
-            x = torch.where(_per_sample(params.gray), _luma(x).expand_as(x), x)
-        if self.view.gaussian_blur_prob > 0:
+        if plan.grayscale_prob > 0:
+            x = torch.where(_per_sample(params.gray), luma(x).expand_as(x), x)
+        if plan.gaussian_blur_prob > 0:
             x = torch.where(_per_sample(params.blur), self._gaussian_blur(x, params.sigma), x)
-        if self.view.solarization_prob > 0:
-            # BYOL's solarization, x >= 0.5 -> 1 - x, is min(x, 1 - x) (no element-wise where, slow on CPUs).
-            x = torch.where(_per_sample(params.solarize), torch.minimum(x, 1 - x), x)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        if plan.solarization_prob > 0:
+            x = torch.where(_per_sample(params.solarize), solarize(x), x)
+        mean, std = plan.mean_std(x.device)
         return x.sub_(mean).div_(std)
 
     def _check(self, images: Tensor) -> Tensor:
+        channels = self.plan.channels
         if not isinstance(images, Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"expected a batch of images of shape (B, C, H, W), got {shape}")
         if images.dtype != torch.uint8 and not images.is_floating_point():
             raise ValueError(f"expected uint8 images (or float in [0, 1]), got {images.dtype}")
-        if images.shape[1] != self.channels:
-            if images.shape[1] == 1 and self.channels == 3:  # grayscale images in an RGB dataset
+        if images.shape[1] != channels:
+            if images.shape[1] == 1 and channels == 3:  # grayscale images in an RGB dataset
                 return images.expand(-1, 3, -1, -1)
-            raise ValueError(f"expected {self.channels}-channel images, got a batch of shape {tuple(images.shape)}")
+            raise ValueError(f"expected {channels}-channel images, got a batch of shape {tuple(images.shape)}")
         return images
 
     def _crop_resize_flip(self, x: Tensor, params: BatchViewParams) -> Tensor:
-        size = self.view.crop_size
+        size = self.plan.crop_size
         boxes = params.boxes.to(torch.float32)
         rows = _resample_matrix(boxes[:, 0], boxes[:, 2], x.shape[-2], size)  # (B, S, H)
         cols = _resample_matrix(boxes[:, 1], boxes[:, 3], x.shape[-1], size)  # (B, S, W)
@@ -227,7 +206,7 @@ class BatchViewTransform:
         samples whose step it is there: the samples are grouped by the position of their hue step, and
         reading the group sizes is this transform's one wait for the device (per view and batch).
         """
-        names = [name for name, _, _ in self.jitter]
+        names = [step.name for step in self.plan.jitter]
         code = {name: i for i, name in enumerate(names)}
         hue_groups: Sequence[Tensor] = ()
         if "hue" in code:
@@ -238,12 +217,12 @@ class BatchViewTransform:
             step = params.order[:, k : k + 1]  # (B, 1)
             factor = params.factors.gather(1, step).view(-1, 1, 1, 1)
             step = step.view(-1, 1, 1, 1)
-            luma = _luma(x)
+            gray = luma(x)
             target = torch.zeros((), device=x.device)  # brightness: blend with black
             if "contrast" in code:
-                target = torch.where(step == code["contrast"], luma.mean(dim=(1, 2, 3), keepdim=True), target)
+                target = torch.where(step == code["contrast"], gray.mean(dim=(1, 2, 3), keepdim=True), target)
             if "saturation" in code:
-                target = torch.where(step == code["saturation"], luma, target)
+                target = torch.where(step == code["saturation"], gray, target)
             blended = x.mul(factor).add_(target * (1 - factor)).clamp_(0, 1)
             if hue_groups and hue_groups[k].numel():
                 chosen = hue_groups[k]
@@ -254,15 +233,13 @@ class BatchViewTransform:
     def _gaussian_blur(self, x: Tensor, sigma: Tensor) -> Tensor:
         """Separable Gaussian blur with reflect padding, one sigma per sample (grouped conv2d)."""
         batch, channels, height, width = x.shape
-        size = self.blur_kernel
-        offsets = torch.arange(size, dtype=sigma.dtype, device=x.device) - (size - 1) / 2
-        kernel = torch.exp(-0.5 * (offsets / sigma[:, None]) ** 2)
-        kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(torch.float32)  # (B, K)
+        size = self.plan.blur_kernel
+        kernel = batch_gaussian_weights(size, sigma).to(torch.float32)  # (B, K)
         kernel = kernel.repeat_interleave(channels, dim=0)  # (B * C, K), one per image plane
         pad = size // 2
         planes = x.reshape(1, batch * channels, height, width)
-        planes = nnf.conv2d(_reflect_pad(planes, pad, -1), kernel.view(-1, 1, 1, size), groups=batch * channels)
-        planes = nnf.conv2d(_reflect_pad(planes, pad, -2), kernel.view(-1, 1, size, 1), groups=batch * channels)
+        planes = nnf.conv2d(reflect_pad(planes, pad, -1), kernel.view(-1, 1, 1, size), groups=batch * channels)
+        planes = nnf.conv2d(reflect_pad(planes, pad, -2), kernel.view(-1, 1, size, 1), groups=batch * channels)
         return planes.view(batch, channels, height, width)
 
 
@@ -285,7 +262,7 @@ class BatchMultiView:
 
 
 def build_batch_views(views: Sequence[ViewConfig], info: DatasetInfo) -> BatchMultiView:
-    """The batched transform of ``views`` (e.g. :func:`~dimcl.data.views.byol_view_configs`)."""
+    """The batched transform of ``views`` (e.g. :func:`~dimcl.data.view_config.byol_view_configs`)."""
     return BatchMultiView([BatchViewTransform(v, info) for v in views])
 
 
@@ -310,10 +287,9 @@ class RawImageTransform:
         return f"{type(self).__name__}(size={self.size})"
 
     def __call__(self, image: Any) -> Tensor:
-        x = _as_image_tensor(image, self.channels)
+        x = as_image_tensor(image, self.channels)
         if self.size is not None:
-            if min(x.shape[-2:]) != self.size:
-                x = tvf.resize_image(x, [self.size], antialias=True)  # shorter side to `size`
+            x = resize_shorter_side(x, self.size)
             x = tvf.center_crop_image(x, [self.size, self.size])
         return x.contiguous()
 
@@ -322,12 +298,13 @@ def raw_image_transform(info: DatasetInfo, crop_size: int | None = None) -> RawI
     """The loader's transform for ``data.augment_on=device`` (see :class:`RawImageTransform`).
 
     Variable-size datasets get a side of ``crop_size / 0.875`` (256 px for 224 px crops, the usual
-    ImageNet resize), so a full-image crop is slightly shrunk, as with the loader path on large photos.
+    ImageNet resize, as :class:`~dimcl.data.views.EvalTransform`'s), so a full-image crop is slightly
+    shrunk, as with the loader path on large photos.
     """
     if info.name not in VARIABLE_SIZE_DATASETS:
         return RawImageTransform(info)
     crop = crop_size if crop_size is not None else info.image_size
-    return RawImageTransform(info, round(crop / 0.875))
+    return RawImageTransform(info, resized_side(crop))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,18 +313,6 @@ def raw_image_transform(info: DatasetInfo, crop_size: int | None = None) -> RawI
 
 def _per_sample(mask: Tensor) -> Tensor:
     return mask.view(-1, 1, 1, 1)
-
-
-def _fallback_box(height: int, width: int, crop_ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's fallback: the largest centred crop whose aspect ratio is allowed."""
-    ratio = width / height
-    if ratio < crop_ratio[0]:
-        w, h = width, round(width / crop_ratio[0])
-    elif ratio > crop_ratio[1]:
-        h, w = height, round(height * crop_ratio[1])
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def _resample_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int) -> Tensor:
@@ -367,19 +332,11 @@ def _resample_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int)
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
-def _luma(x: Tensor) -> Tensor:
-    """Luma of a (B, C, H, W) batch, shape (B, 1, H, W); a 1-channel batch is its own luma."""
-    if x.shape[1] == 1:
-        return x
-    r, g, b = x.unbind(1)
-    return r.mul(_LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
-
-
 def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """:func:`dimcl.data.views._shift_hue` for a (B, 3, H, W) batch, with a (B, 1, 1, 1) shift in turns.
+    """The per-image path's hue rotation for a (B, 3, H, W) batch, with a (B, 1, 1, 1) shift in turns.
 
     The largest channel (ties: R before G before B) is picked with 0/1 float masks made by ``sign``
-    instead of comparisons and ``where`` (on the CPU an element-wise ``where`` costs ten times an
+    instead of comparisons and ``where`` (on the CPU an element-wise ``where`` is much slower than an
     addition); multiplying by exact 0s and 1s keeps the result the same. In-place steps wherever possible:
     on the CPU every new megabyte-sized tensor costs page faults.
     """
@@ -398,6 +355,4 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     # Gray pixels (chroma 0) have a zero numerator; any non-zero divisor gives them hue 0.
     hue6.div_(chroma.clamp_min(1e-12)).add_(is_g, alpha=2).add_(is_b, alpha=4)
     hue6 = hue6.unsqueeze_(1).add_(6 * shift).remainder_(6)
-    k, s, a = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) for v in (_HUE_K, _HUE_S, _HUE_A))
-    rgb = hue6.sub(k).abs_().mul_(s).add_(a).clamp_(0, 1)
-    return rgb.mul_(chroma.unsqueeze_(1)).add_(minc.unsqueeze_(1))
+    return rgb_from_hue(hue6, chroma.unsqueeze_(1), minc.unsqueeze_(1))
