@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dimcl.config import ConfigError, config_differences, parse_override
+import typing
+
+from dimcl.config import ConfigError, DimCLConfig, config_differences, parse_override
+from dimcl.losses.dimcl import IMPLEMENTATIONS
+from dimcl.methods import METHODS
 from dimcl.recipes import config_from_dict, list_recipes, load_config, resolve_recipe
 
+#: the datasets with a bundled recipe for every method (imagefolder has none: it needs the user's images)
 DATASETS = ("cifar10", "cifar100", "stl10", "imagenet100", "fashion_mnist")
-METHODS = ("simclr", "mocov2plus", "byol", "simsiam", "barlow_twins", "vicreg")
 
 
 def test_every_dataset_has_a_recipe_for_every_method():
@@ -93,3 +97,16 @@ def test_config_differences_names_each_changed_key():
     a = load_config(None).to_dict()
     b = load_config(None, ["dimcl.weight=0.3", "method.proj_hidden_dim=8"]).to_dict()
     assert config_differences(a, b) == [("dimcl.weight", 0.1, 0.3), ("method.proj_hidden_dim", None, 8)]
+
+
+def test_dimcl_settings_have_one_home():
+    """The config's DimCL section is what a method takes (checked at construction as after loading), a
+    method built without it is plain, and the config accepts exactly the loss's implementations."""
+    from dimcl.methods import DimCLConfig as MethodsDimCLConfig
+
+    assert MethodsDimCLConfig is DimCLConfig and DimCLConfig().weight == 0.1
+    assert typing.get_args(typing.get_type_hints(DimCLConfig)["implementation"]) == IMPLEMENTATIONS
+    with pytest.raises(ConfigError, match=r"'dimcl.weight' got 1.5; λ must lie in \[0, 1\]"):
+        DimCLConfig(weight=1.5)
+    with pytest.raises(ConfigError, match="'dimcl.weight' got 2"):
+        load_config(resolve_recipe("fashion_mnist/byol"), ["dimcl.weight=2"])

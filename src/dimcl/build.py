@@ -26,7 +26,7 @@ from dimcl.data import (
 from dimcl.data.datasets import seeded_subset
 from dimcl.data.device_views import BatchMultiView, build_batch_views, raw_image_transform
 from dimcl.data.views import ViewConfig
-from dimcl.methods import DimCLConfig, SSLMethod, build_method
+from dimcl.methods import SSLMethod, build_method
 from dimcl.models import build_backbone, stem_of
 from dimcl.version import __version__
 
@@ -173,8 +173,7 @@ def build_backbone_from_config(cfg: Config) -> nn.Module:
 
 
 def build_method_from_config(cfg: Config, gather_distributed: bool = True) -> SSLMethod:
-    d = cfg.dimcl
-    dimcl = DimCLConfig(d.weight, d.temperature, d.hardness_aware, d.implementation)
+    dimcl = dataclasses.replace(cfg.dimcl)
     return build_method(
         cfg.method.name, build_backbone_from_config(cfg), dimcl, gather_distributed=gather_distributed,
         **cfg.method.options,

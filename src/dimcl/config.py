@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class MethodConfig:
-    #: the SSL method: simclr, mocov2plus, byol, simsiam, barlow_twins, vicreg (``dimcl list``)
+    #: the SSL method, a name in ``dimcl.methods.METHODS`` (``dimcl list``)
     name: str = "byol"
     #: the method's own keyword options, validated against ``dimcl.methods.method_options(name)``
     options: dict[str, Any] = field(default_factory=dict)
@@ -50,19 +50,25 @@ class DimCLConfig:
     #: plain (2D x 2D similarity matrix), blockwise (memory-lean), or auto (blockwise for wide projectors)
     implementation: Literal["auto", "plain", "blockwise"] = "auto"
 
+    def __post_init__(self) -> None:
+        self.check()
+
     @property
     def enabled(self) -> bool:
         return self.weight > 0
 
     def check(self) -> None:
-        """The one check of DimCL's ranges (the loss checks ``implementation`` when it is built)."""
+        """The one check of DimCL's settings: at construction (a method's), and after a config is assembled."""
         require(0.0 <= self.weight <= 1.0, "dimcl.weight", self.weight, "λ must lie in [0, 1]; 0 is the plain method")
         require(self.temperature > 0, "dimcl.temperature", self.temperature, "τ must be > 0 (the paper uses 0.1)")
+        forms = typing.get_args(typing.get_type_hints(DimCLConfig)["implementation"])
+        require(self.implementation in forms, "dimcl.implementation", self.implementation,
+                f"implementation must be one of {', '.join(forms)}")
 
 
 @dataclass
 class BackboneConfig:
-    #: resnet18, resnet50, vit_tiny, vit_small, small_cnn, or timm/<model> (``pip install 'dimcl[timm]'``)
+    #: a name in ``dimcl.models.BACKBONES`` (``dimcl list``), or timm/<model> (``pip install 'dimcl[timm]'``)
     name: str = "resnet18"
     #: None: decided by image size (a CIFAR stem for images of 64 px and less)
     cifar_stem: bool | None = None
@@ -72,7 +78,7 @@ class BackboneConfig:
 
 @dataclass
 class DataConfig:
-    #: fashion_mnist, cifar10, cifar100, stl10, imagenet100 or imagefolder (``dimcl list``)
+    #: a name in ``dimcl.data.DATASETS`` (``dimcl list``)
     name: str = "cifar10"
     #: None: the dataset's default location (Fashion-MNIST: the Debian package's folder)
     root: str | None = None

@@ -18,37 +18,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar, TypedDict
 
 import torch
 from torch import nn
 
-from dimcl.losses.dimcl import DimCLLoss, check_implementation
-
-
-@dataclass
-class DimCLConfig:
-    """The DimCL switch of a method: λ (``weight``), τ (``temperature``) and the InfoNCE/uniform form."""
-
-    weight: float = 0.0
-    temperature: float = 0.1
-    hardness_aware: bool = True
-    #: "auto" | "plain" | "blockwise" (memory-lean for wide projectors), see dimcl.losses.dimcl_loss
-    implementation: str = "auto"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(
-                f"dimcl.weight (λ) must lie in [0, 1], got {self.weight}; 0 is the plain method, 0.1 the paper's"
-            )
-        if not self.temperature > 0:
-            raise ValueError(f"dimcl.temperature (τ) must be > 0, got {self.temperature}; the paper uses 0.1")
-        check_implementation(self.implementation)
-
-    @property
-    def enabled(self) -> bool:
-        return self.weight > 0
+from dimcl.config import DimCLConfig
+from dimcl.losses.dimcl import DimCLLoss
 
 
 class _RequiredOutput(TypedDict):
@@ -95,7 +71,8 @@ class SSLMethod(nn.Module):
         if not hasattr(backbone, "num_features"):
             raise ValueError("the backbone must expose its output width as an int attribute `num_features`")
         self.backbone = backbone
-        self.dimcl = dimcl if dimcl is not None else DimCLConfig()
+        # The config's DimCL settings, checked where they are defined; a method built without them is plain.
+        self.dimcl = dimcl if dimcl is not None else DimCLConfig(weight=0.0)
         self.gather_distributed = gather_distributed
         self.dimcl_loss = (
             DimCLLoss(

@@ -531,9 +531,8 @@ def _optimizer_step(run: Run) -> None:
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
-    base_momentum = getattr(run.method, "base_momentum", None)
-    if base_momentum is not None:
-        run.method.momentum_update(cosine_momentum(run.step, run.total_steps, base_momentum))
+    if run.method.base_momentum is not None:
+        run.method.momentum_update(cosine_momentum(run.step, run.total_steps, run.method.base_momentum))
 
 
 def _record_epoch(run: Run, epoch: int, progress: EpochProgress, elapsed: float) -> dict[str, Any]:
