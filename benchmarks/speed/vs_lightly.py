@@ -169,7 +169,7 @@ def lightly_transform(method: str, cfg):
     lo, hi = cfg.augment.crop_scale if cfg.augment.crop_scale is not None else (0.08, 1.0)
     if hi != 1.0:
         raise ValueError(f"lightly's transforms crop up to scale 1.0; the recipe asks for {hi}")
-    # Ours (dimcl.data.views.ViewConfig defaults): brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1.
+    # Ours (dimcl.data.ViewConfig defaults): brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1.
     jitter = dict(cj_prob=0.8, cj_strength=1.0, cj_bright=0.4, cj_contrast=0.4, cj_sat=0.2, cj_hue=0.1)
     common = dict(input_size=32, min_scale=lo, random_gray_scale=0.2, gaussian_blur=0.0, hf_prob=0.5,
                   normalize=normalize, **jitter)

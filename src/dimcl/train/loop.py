@@ -139,7 +139,7 @@ class Pretrainer(nn.Module):
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        out = self.method(views)
+        out: dict[str, torch.Tensor] = dict(self.method(views))  # the method's MethodOutput, plus the probe's keys
         if self.probe is not None:
             logits = self.probe(out["features"].detach())
             # Unlabelled images (label -1, e.g. STL-10's unlabeled split) do not train the probe. ignore_index and
