@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package; installed here when missing and root.
 demo: $(STAMP)

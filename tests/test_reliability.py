@@ -23,6 +23,7 @@ import torch
 from conftest import TINY_RUN, write_fashion_mnist
 from PIL import Image
 
+from dimcl import cli
 from dimcl.checkpoint import CheckpointError, load_checkpoint
 from dimcl.data import BadImageError, build_dataset
 from dimcl.data.datasets import load_safe_pickle
@@ -104,26 +105,38 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
     ]
 
 
-def test_bad_inputs_exit_2_with_a_clear_message_and_touch_nothing(tiny_fashion_mnist, finished_run, tmp_path):
+#: cases also run as a real `dimcl` process (the others call the CLI's main() in this process, which is what
+#: the command runs: a process start costs seconds of imports, 33 of them most of this file's time)
+AS_PROCESS = ("unknown key", "missing data root", "resume a truncated checkpoint")
+
+
+def test_bad_inputs_exit_2_with_a_clear_message_and_touch_nothing(tiny_fashion_mnist, finished_run, tmp_path, capsys):
     cases = bad_input_cases(tiny_fashion_mnist, finished_run, tmp_path)
-    assert len(cases) >= 25
+    assert len(cases) >= 25 and set(AS_PROCESS) <= {name for name, _, _ in cases}
     guard = tmp_path / "out" / "notes.txt"
     guard.parent.mkdir()
     guard.write_text("the user's own file\n")
     before = {"out": snapshot(tmp_path / "out"), "finished": snapshot(finished_run)}
 
-    def run(case):
-        name, args, needle = case
-        proc = subprocess.run([DIMCL, *args], capture_output=True, text=True, timeout=300)
-        return name, needle, proc
+    def in_process(args: list[str]) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = cli.main(args)
+        except SystemExit as stop:  # argparse's own errors
+            code = stop.code
+        return code, capsys.readouterr().err
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(run, cases))
-    for name, needle, proc in results:
-        assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
-        assert needle in proc.stderr, f"{name}: {needle!r} not in {proc.stderr!r}"
-        assert "Traceback" not in proc.stderr, f"{name}: {proc.stderr[-2000:]}"
-        assert proc.stderr.count("\n") <= 2, f"{name}: not one paragraph: {proc.stderr!r}"
+    def as_process(args: list[str]) -> tuple[int, str]:
+        proc = subprocess.run([DIMCL, *args], capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stderr
+
+    results = [(name, needle, in_process(args)) for name, args, needle in cases]
+    results += [(f"{name} (a process)", needle, as_process(args)) for name, args, needle in cases if name in AS_PROCESS]
+    for name, needle, (code, stderr) in results:
+        assert code == 2, f"{name}: exit {code}\n{stderr[-2000:]}"
+        assert needle in stderr, f"{name}: {needle!r} not in {stderr!r}"
+        assert "Traceback" not in stderr, f"{name}: {stderr[-2000:]}"
+        assert stderr.count("\n") <= 2, f"{name}: not one paragraph: {stderr!r}"
     assert snapshot(tmp_path / "out") == before["out"]
     assert snapshot(finished_run) == before["finished"]
 
@@ -139,16 +152,23 @@ def _args(root: Path, run: Path, *extra: str) -> list[str]:
             "trainer.max_epochs=3", "eval.every=0", *extra]
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(longer_fashion_mnist, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted_longer_run(longer_fashion_mnist, tmp_path_factory) -> Path:
+    """The run the interrupted ones must end equal to (made once for the SIGKILL and SIGTERM tests)."""
+    full = tmp_path_factory.mktemp("uninterrupted") / "full"
+    subprocess.run(_args(longer_fashion_mnist, full), check=True, capture_output=True, timeout=600)
+    return full
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(longer_fashion_mnist, uninterrupted_longer_run, tmp_path):
     tiny_fashion_mnist = longer_fashion_mnist
-    full, killed = tmp_path / "full", tmp_path / "killed"
+    full, killed = uninterrupted_longer_run, tmp_path / "killed"
     proc = subprocess.Popen(_args(tiny_fashion_mnist, killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 600
     while not read_metrics(killed) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    subprocess.run(_args(tiny_fashion_mnist, full), check=True, capture_output=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL
     done = len(read_metrics(killed))
     assert 1 <= done < 3, "the kill should land after the first checkpoint and before the end"
@@ -164,21 +184,19 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(longer_fashion_mnist, 
         assert torch.equal(value, b["model"][key]), key
 
 
-def test_sigterm_saves_mid_epoch_and_resume_matches(longer_fashion_mnist, tmp_path):
+def test_sigterm_saves_mid_epoch_and_resume_matches(longer_fashion_mnist, uninterrupted_longer_run, tmp_path):
     tiny_fashion_mnist = longer_fashion_mnist
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    slow: list[str] = []
-    proc = subprocess.Popen(_args(tiny_fashion_mnist, stopped, *slow), stdout=subprocess.DEVNULL,
+    full, stopped = uninterrupted_longer_run, tmp_path / "stopped"
+    proc = subprocess.Popen(_args(tiny_fashion_mnist, stopped), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not read_metrics(stopped) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    subprocess.run(_args(tiny_fashion_mnist, full, *slow), check=True, capture_output=True, timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "SIGTERM" in err and "--resume" in err and "Traceback" not in err
-    resumed = subprocess.run([*_args(tiny_fashion_mnist, stopped, *slow), "--resume"], capture_output=True,
+    resumed = subprocess.run([*_args(tiny_fashion_mnist, stopped), "--resume"], capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     strip = TIMING_KEYS

@@ -30,10 +30,10 @@ from dimcl.run_dir import BASELINES, LINEAR, load_run_config, read_metrics, read
 from dimcl.train.loop import pretrain
 
 RECIPE = "fashion_mnist/byol"
-#: the budget that fits the demo, setup included, in 10 minutes on a 2-core CPU (see the README for the
-#: measured time): one pass over a seeded 40 000-image subset of the training split (156 steps, a short
-#: warm-up; the whole split took 12 minutes), evaluated on seeded 5 000-image subsets so that evaluation
-#: stays cheap
+#: the budget that fits the demo, setup included, in 10 minutes on a 2-core CPU (the README has the
+#: measured times, of this budget and of a pass over the whole split): one pass over a seeded 40 000-image
+#: subset of the training split (156 steps, a short warm-up), evaluated on seeded 5 000-image subsets so
+#: that evaluation stays cheap
 BUDGET = [
     "data.subset=40000",
     "data.eval_subset=5000",

@@ -11,8 +11,9 @@ from conftest import TINY_RUN
 
 from dimcl.checkpoint import load_backbone_weights, load_checkpoint
 from dimcl.config import RESUMABLE_KEYS, ConfigError
+from dimcl.methods import METHODS
 from dimcl.recipes import load_config, resolve_recipe
-from dimcl.run_dir import read_metrics
+from dimcl.run_dir import BACKBONE_PREFIX, METHOD_PREFIX, read_metrics, weights_under
 from dimcl.train.loop import pretrain
 from dimcl.trained import load_trained_backbone
 
@@ -40,6 +41,9 @@ def test_a_run_writes_its_directory(tiny_fashion_mnist, tmp_path):
     assert meta["backbone"] == "small_cnn" and meta["in_channels"] == 1
     trained = result.model.method.backbone.state_dict()
     assert all(torch.equal(tensors[k], trained[k]) for k in trained)
+    # the checkpoint's layout is run_dir's: the method under METHOD_PREFIX, the online probe under "probe."
+    assert all(k.startswith((METHOD_PREFIX, "probe.")) for k in state["model"])
+    assert weights_under(state["model"], BACKBONE_PREFIX).keys() == trained.keys()
     backbone, cfg = load_trained_backbone(run)
     assert cfg.method.name == "byol"
     assert (tmp_path / "run" / "logs").is_dir()  # Fabric's CSV logger
@@ -61,9 +65,9 @@ def test_same_seed_same_result(tiny_fashion_mnist, tmp_path):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2plus", "simsiam", "barlow_twins", "vicreg"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "byol"])  # BYOL: every other test here
 def test_every_method_trains_through_the_loop(tiny_fashion_mnist, tmp_path, method):
-    options = {"mocov2plus": ["method.queue_size=64"], "simclr": [], "barlow_twins": [], "vicreg": []}
+    options = {"mocov2plus": ["method.queue_size=64"]}
     overrides = [o for o in TINY_RUN if not o.startswith("method.pred") or method == "simsiam"]
     overrides += options.get(method, []) + ["trainer.max_epochs=1", "eval.every=0", "optim.name=sgd", "optim.lr=0.05"]
     cfg = load_config(None, [f"method.name={method}", "backbone.name=small_cnn", "data.name=fashion_mnist",

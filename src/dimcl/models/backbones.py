@@ -192,7 +192,7 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         if x.device.type == "cpu":
-            # oneDNN's convolutions run about 25% faster on channels-last maps. Converting the
+            # oneDNN's convolutions are faster on channels-last maps (benchmarks/speed/README.md). Converting the
             # activations here, not the weights, keeps the state dict contiguous for safetensors.
             x = x.contiguous(memory_format=torch.channels_last)
         return torch.flatten(self.pool(self.stages(x)), 1)
