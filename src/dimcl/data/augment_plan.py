@@ -202,3 +202,24 @@ class AugmentPlan:
         boxes = torch.stack([top, left, h, w], dim=1).to(torch.int64)
         fallback = torch.tensor(self.fallback_box(height, width), dtype=torch.int64, device=random.device)
         return torch.where(found[:, None], boxes, fallback)
+
+
+class PlannedView:
+    """What the per-image and the per-batch transforms share: their view config and its resolved plan."""
+
+    def __init__(self, view: ViewConfig, info: DatasetInfo) -> None:
+        self.view = view
+        self.plan = AugmentPlan.from_view(view, info)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.view})"
+
+    @property
+    def jitter(self) -> tuple[JitterStep, ...]:
+        """The colour-jitter steps that do something for this dataset (the plan's)."""
+        return self.plan.jitter
+
+    @property
+    def blur_kernel(self) -> int:
+        """Side of the Gaussian blur kernel (the plan's)."""
+        return self.plan.blur_kernel

@@ -56,7 +56,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
-from dimcl.data.augment_plan import AugmentPlan, JitterStep, RandomColumns, batch_gaussian_weights, scaled
+from dimcl.data.augment_plan import PlannedView, RandomColumns, batch_gaussian_weights, scaled
 from dimcl.data.datasets import DatasetInfo
 from dimcl.data.image_ops import (
     as_image_tensor,
@@ -92,7 +92,7 @@ class BatchViewParams:
     solarize: Tensor  # (B,) bool
 
 
-class BatchViewTransform:
+class BatchViewTransform(PlannedView):
     """One augmented view of a batch: uint8 (B, C, H, W) on any device -> normalised float32 (B, C, S, S).
 
     Applies the same :class:`~dimcl.data.augment_plan.AugmentPlan` as :class:`~dimcl.data.views.ViewTransform`
@@ -101,21 +101,7 @@ class BatchViewTransform:
     """
 
     def __init__(self, view: ViewConfig, info: DatasetInfo) -> None:
-        self.view = view
-        self.plan = AugmentPlan.from_view(view, info)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.view})"
-
-    @property
-    def jitter(self) -> tuple[JitterStep, ...]:
-        """The colour-jitter steps that do something for this dataset (the plan's)."""
-        return self.plan.jitter
-
-    @property
-    def blur_kernel(self) -> int:
-        """Side of the Gaussian blur kernel (the plan's)."""
-        return self.plan.blur_kernel
+        super().__init__(view, info)
 
     # ---------------------------------------------------------------------------------------------
     # Random parameters

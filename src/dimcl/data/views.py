@@ -31,7 +31,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
-from dimcl.data.augment_plan import AugmentPlan, JitterStep, RandomColumns, gaussian_weights, scaled
+from dimcl.data.augment_plan import PlannedView, RandomColumns, gaussian_weights, scaled
 from dimcl.data.datasets import DatasetInfo
 from dimcl.data.image_ops import (
     as_image_tensor,
@@ -118,26 +118,12 @@ def _gaussian_blur(image: Tensor, weights: Sequence[float]) -> Tensor:
     return blurred
 
 
-class ViewTransform:
+class ViewTransform(PlannedView):
     """One augmented view: image (PIL, or uint8 tensor (C, H, W)) -> normalised float tensor (C, S, S)."""
 
     def __init__(self, view: ViewConfig, info: DatasetInfo) -> None:
-        self.view = view
-        self.plan = AugmentPlan.from_view(view, info)
+        super().__init__(view, info)
         self.mean, self.std = self.plan.mean_std()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.view})"
-
-    @property
-    def jitter(self) -> tuple[JitterStep, ...]:
-        """The colour-jitter steps that do something for this dataset (the plan's)."""
-        return self.plan.jitter
-
-    @property
-    def blur_kernel(self) -> int:
-        """Side of the Gaussian blur kernel (the plan's)."""
-        return self.plan.blur_kernel
 
     def crop_box(self, height: int, width: int, random: Sequence[float]) -> tuple[int, int, int, int]:
         """(top, left, crop height, crop width) of a random resized crop, torchvision's algorithm."""
