@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import typing
+
+import pytest
 
 from dimcl.config import ConfigError, DimCLConfig, config_differences, parse_override
 from dimcl.losses.dimcl import IMPLEMENTATIONS
