@@ -138,14 +138,6 @@ class Run:
         return float(self.config.get("dimcl.weight", 0.0))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _final_figures(run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, float]:
     """Final kNN (``knn.json`` over the last epoch's), linear and diversity figures (``diversity.json``
     over the last epoch's per-epoch diagnostics)."""
