@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dimcl.distributed import gather
 from dimcl.losses import barlow_twins_loss, dimcl_loss, nt_xent_loss, vicreg_loss
 
 WORLD = 2
@@ -59,6 +60,10 @@ def _worker(rank, init_file, out_dir):
     results = {}
     for name in OBJECTIVES:
         results[name] = _loss_and_grads(ddp, x1[shard], x2[shard], name, gather=True)
+    try:  # unequal batches (rank 0 one row short): both ranks refuse, naming the sizes, and neither hangs
+        gather(x1[shard][rank == 0 :])
+    except ValueError as err:
+        results["unequal"] = str(err)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -87,3 +92,8 @@ def test_a_per_rank_loss_would_differ(two_rank_results):
     full, _ = _loss_and_grads(layer, x1, x2, "dimcl", gather=False)
     half, _ = _loss_and_grads(layer, x1[: GLOBAL_N // 2], x2[: GLOBAL_N // 2], "dimcl", gather=False)
     assert not torch.isclose(full, half)
+
+
+def test_unequal_batches_are_refused_on_every_rank(two_rank_results):
+    for rank_results in two_rank_results:
+        assert "same batch size on every rank, got [3, 4]" in rank_results["unequal"]

@@ -232,9 +232,12 @@ def test_mid_epoch_checkpoints_resume_exactly(tiny_fashion_mnist, tmp_path, monk
         assert torch.equal(p, q)
 
 
+# The loss is read from the device every trainer.log_every_n_steps steps (default 50: once at the end of
+# these 6-batch epochs); 4 with a checkpoint due at step 10 (epoch 2, batch 4, after the poisoned batch 3).
+@pytest.mark.parametrize("reading", [[], ["trainer.log_every_n_steps=4", "trainer.checkpoint_every_n_steps=5"]])
 def test_nan_loss_stops_with_epoch_step_and_terms_and_keeps_the_checkpoint(tiny_fashion_mnist, tmp_path,
-                                                                           monkeypatch):
-    overrides = [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "eval.every=0"]
+                                                                           monkeypatch, reading):
+    overrides = [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "eval.every=0", *reading]
     pretrain(load_config(resolve_recipe("fashion_mnist/byol"), [*overrides, "trainer.max_epochs=1"]), tmp_path)
     before = snapshot(tmp_path / "checkpoints")
     forward = Pretrainer.forward
@@ -250,7 +253,8 @@ def test_nan_loss_stops_with_epoch_step_and_terms_and_keeps_the_checkpoint(tiny_
 
     monkeypatch.setattr(Pretrainer, "forward", poisoned)
     cfg = load_config(resolve_recipe("fashion_mnist/byol"), [*overrides, "trainer.max_epochs=2"])
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 3 of 6.*loss_dimcl=nan, loss=nan.*untouched"):
+    nan_at = r"epoch 2, batch 3 of 6 \(global step 8\).*loss_dimcl=nan, loss=nan.*untouched"
+    with pytest.raises(NonFiniteLossError, match=nan_at):
         pretrain(cfg, tmp_path, resume=True)
     assert snapshot(tmp_path / "checkpoints") == before
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]

@@ -182,7 +182,7 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     #: a progress bar per epoch (off: one line per epoch)
     progress_bar: bool = True
-    #: progress-bar updates, and the stop-signal check across devices, every this many steps
+    #: every this many steps: the losses read from the device (one sync), the progress bar, the stop check
     log_every_n_steps: int = 50
     #: also log to <run>/tensorboard (needs ``pip install 'dimcl[tensorboard]'``)
     tensorboard: bool = True

@@ -30,6 +30,24 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def _check_same_sizes(sizes: torch.Tensor, local: int) -> None:
+    """Refuse a gather of unequal per-rank batches (the gathered slices would not line up).
+
+    On the CPU (gloo) the sizes are read and named in the error. On an accelerator reading them would
+    make the host wait for the device at every gather, so the check is queued on the device instead
+    (``torch._assert_async``): it fails at the next synchronisation, with the same advice.
+    """
+    advice = "use drop_last=True in the data loader so every rank sees equal batches"
+    if sizes.device.type == "cpu":
+        if (sizes != local).any():
+            raise ValueError(
+                f"distributed gather needs the same batch size on every rank, got {sizes.tolist()}; {advice}"
+            )
+    else:
+        message = f"distributed gather needs the same batch size on every rank; {advice}"
+        torch._assert_async((sizes == local).all(), message)
+
+
 class _GatherWithGradient(torch.autograd.Function):
     """All-gather along dim 0 whose backward all-reduces the gradient and keeps this rank's slice."""
 
@@ -37,13 +55,8 @@ class _GatherWithGradient(torch.autograd.Function):
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
         dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
-        sizes_list = [int(s.item()) for s in sizes]
-        if len(set(sizes_list)) != 1:
-            raise ValueError(
-                f"distributed gather needs the same batch size on every rank, got {sizes_list}; "
-                "use drop_last=True in the data loader so every rank sees equal batches"
-            )
-        parts = [torch.empty_like(tensor) for _ in sizes_list]
+        _check_same_sizes(torch.cat(sizes), tensor.shape[0])
+        parts = [torch.empty_like(tensor) for _ in sizes]
         dist.all_gather(parts, tensor.contiguous())
         ctx.rank = dist.get_rank()
         ctx.local_size = tensor.shape[0]

@@ -142,3 +142,18 @@ def test_top5_ignores_classes_without_votes():
     test_x, test_y = torch.randn(30, 6, generator=gen), torch.randint(10, (30,), generator=gen)
     result = weighted_knn(train_x, train_y, test_x, test_y, k=1, num_classes=10)
     assert result["top5"] == result["top1"] < 100.0
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
+def test_knn_on_a_device_counts_the_same_hits(device):
+    """The whole kNN (similarities, top-k, votes) runs on ``device`` from features held anywhere. Hits
+    are integer counts; on CUDA the float32 similarities' last bits may reorder neighbours whose
+    similarities tie to 1e-7, which moves at most a vote's weight: none of these random points are
+    that close, so the counts agree exactly."""
+    gen = torch.Generator().manual_seed(3)
+    train_x, train_y = torch.randn(500, 32, generator=gen), torch.randint(10, (500,), generator=gen)
+    test_x, test_y = torch.randn(130, 32, generator=gen), torch.randint(10, (130,), generator=gen)
+    on_host = weighted_knn(train_x, train_y, test_x, test_y, k=20, chunk_size=64)
+    assert weighted_knn(train_x, train_y, test_x, test_y, k=20, chunk_size=64, device=device) == on_host

@@ -15,6 +15,7 @@ from dimcl.methods import METHODS
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import BACKBONE_PREFIX, METHOD_PREFIX, read_metrics, weights_under
 from dimcl.train.loop import pretrain
+from dimcl.train.step_scalars import StepScalars
 from dimcl.trained import load_trained_backbone
 
 
@@ -63,6 +64,25 @@ def test_same_seed_same_result(tiny_fashion_mnist, tmp_path):
     assert a.records[0]["loss"] != c.records[0]["loss"]
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_scalars_are_read_from_the_device_every_log_every_n_steps(tiny_fashion_mnist, tmp_path, monkeypatch):
+    """One device-to-host copy per trainer.log_every_n_steps steps (and at the epoch's end), and the
+    epoch's mean losses exactly as when every step is read."""
+    every_step = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0",
+                                      "trainer.log_every_n_steps=1"), tmp_path / "a")
+    read, sizes = StepScalars.read, []
+
+    def counted(self):
+        sizes.append(len(self))
+        return read(self)
+
+    monkeypatch.setattr(StepScalars, "read", counted)
+    every_4 = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0",
+                                   "trainer.log_every_n_steps=4"), tmp_path / "b")
+    assert [n for n in sizes if n] == [4, 2]  # 6 steps: read at step 4 and at the epoch's last batch
+    for key in ("loss", "loss_ssl", "loss_dimcl", "loss_probe", "probe_top1"):
+        assert every_4.records[0][key] == every_step.records[0][key], key
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "byol"])  # BYOL: every other test here

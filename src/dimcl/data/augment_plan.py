@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from dimcl.data.datasets import DatasetInfo
+from dimcl.data.image_ops import device_constant
 from dimcl.data.view_config import ViewConfig
 
 #: (area, aspect ratio) pairs tried for a random crop, as torchvision's RandomResizedCrop, before its fallback
@@ -151,9 +152,10 @@ class AugmentPlan:
         )
 
     def mean_std(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-        """The normalisation constants as float32 tensors of shape (C, 1, 1) on ``device``."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(-1, 1, 1)
+        """The normalisation constants as float32 tensors of shape (C, 1, 1) on ``device`` (cached there:
+        read-only)."""
+        mean = device_constant(self.mean, torch.float32, device).view(-1, 1, 1)
+        std = device_constant(self.std, torch.float32, device).view(-1, 1, 1)
         return mean, std
 
     def fallback_box(self, height: int, width: int) -> tuple[int, int, int, int]:

@@ -60,6 +60,7 @@ from dimcl.data.augment_plan import PlannedView, RandomColumns, batch_gaussian_w
 from dimcl.data.datasets import DatasetInfo
 from dimcl.data.image_ops import (
     as_image_tensor,
+    device_constant,
     luma,
     reflect_pad,
     resize_shorter_side,
@@ -116,8 +117,8 @@ class BatchViewTransform(PlannedView):
         jitter_count = len(plan.jitter)
         factors = r[:, RandomColumns.FACTORS : RandomColumns.FACTORS + jitter_count]
         if jitter_count:
-            low = torch.tensor([step.low for step in plan.jitter], dtype=wide, device=device)
-            high = torch.tensor([step.high for step in plan.jitter], dtype=wide, device=device)
+            low = device_constant(tuple(step.low for step in plan.jitter), wide, device)
+            high = device_constant(tuple(step.high for step in plan.jitter), wide, device)
             factors = scaled(low, high, factors)
         order_keys = random[:, RandomColumns.ORDER : RandomColumns.ORDER + jitter_count]
         return BatchViewParams(

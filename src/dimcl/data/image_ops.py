@@ -64,9 +64,20 @@ def luma(x: Tensor) -> Tensor:
     return r.mul(LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(-3)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
+def _device_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def device_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """``torch.tensor(values)`` on ``device``, made once per (values, dtype, device) and then reused: a
+    host-to-device copy in every batch would make the host wait for the device. Never modify the result
+    in place."""
+    return _device_constant(tuple(values), dtype, torch.device(device))
+
+
 def _hue_profile(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(torch.tensor(v, dtype=dtype, device=device).view(3, 1, 1) for v in (HUE_K, HUE_S, HUE_A))
+    return tuple(device_constant(v, dtype, device).view(3, 1, 1) for v in (HUE_K, HUE_S, HUE_A))
 
 
 def rgb_from_hue(hue6: Tensor, chroma: Tensor, minimum: Tensor) -> Tensor:

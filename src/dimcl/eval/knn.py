@@ -53,6 +53,7 @@ def weighted_knn(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk_size: int = 1024,
+    device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Top-1 and top-5 accuracy (percent) of the temperature-weighted kNN classifier.
 
@@ -64,6 +65,8 @@ def weighted_knn(
     so classes without votes never fill the list. ``num_classes`` defaults to one more than the
     largest label seen.
     Test samples are processed ``chunk_size`` at a time, so memory stays at ``chunk_size x N``.
+    Everything runs on ``device`` (default: where ``train_features`` are), the similarity's top-k
+    included, and the hit counts stay there until the end: one device-to-host read per call.
     """
     if train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]:
         raise ValueError(
@@ -83,8 +86,9 @@ def weighted_knn(
             f"weighted_knn(): need k >= 1, temperature > 0 and chunk_size >= 1, got k={k}, "
             f"temperature={temperature}, chunk_size={chunk_size}."
         )
-    train_labels = train_labels.long().to(train_features.device)
-    test_labels = test_labels.long().to(train_features.device)
+    device = torch.device(device) if device is not None else train_features.device
+    train_labels = train_labels.long().to(device)
+    test_labels = test_labels.long().to(device)
     lowest = int(min(train_labels.min(), test_labels.min()))
     highest = int(max(train_labels.max(), test_labels.max()))
     if num_classes is None:
@@ -95,12 +99,13 @@ def weighted_knn(
             f"got labels from {lowest} to {highest}."
         )
 
-    train_features = F.normalize(train_features.float(), dim=1)
-    test_features = F.normalize(test_features.float().to(train_features.device), dim=1)
+    train_features = F.normalize(train_features.float().to(device), dim=1)
+    test_features = F.normalize(test_features.float().to(device), dim=1)
     k = min(k, train_features.shape[0])
     top5 = min(5, num_classes)
 
-    correct1 = correct5 = 0
+    correct1 = torch.zeros((), dtype=torch.long, device=device)
+    correct5 = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, test_features.shape[0], chunk_size):
         similarity = test_features[start : start + chunk_size] @ train_features.T  # (m, N)
         neighbour_sim, neighbour_idx = similarity.topk(k, dim=1)  # (m, k)
@@ -108,11 +113,12 @@ def weighted_knn(
         scores = torch.zeros(similarity.shape[0], num_classes, device=similarity.device)
         scores.scatter_add_(1, train_labels[neighbour_idx], weights)  # (m, C)
         labels = test_labels[start : start + chunk_size]
-        correct1 += int((scores.argmax(dim=1) == labels).sum())
+        correct1 += (scores.argmax(dim=1) == labels).sum()
         # Rank by counting strictly better classes rather than with topk: when fewer than five
         # classes got a vote, topk would fill the list with zero-score classes in arbitrary order.
         true_score = scores.gather(1, labels[:, None])  # (m, 1)
         rank = (scores > true_score).sum(dim=1)
-        correct5 += int(((rank < top5) & (true_score[:, 0] > 0)).sum())
+        correct5 += ((rank < top5) & (true_score[:, 0] > 0)).sum()
     total = test_features.shape[0]
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
+    hits1, hits5 = torch.stack([correct1, correct5]).tolist()
+    return {"top1": 100.0 * hits1 / total, "top5": 100.0 * hits5 / total}

@@ -24,11 +24,13 @@ def knn_of_features(
     test_labels: torch.Tensor,
     cfg: Config,
     num_classes: int,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Weighted kNN with the run's settings (cfg.eval.knn_k, cfg.eval.knn_temperature)."""
+    """Weighted kNN with the run's settings (cfg.eval.knn_k, cfg.eval.knn_temperature), on ``device``
+    (default: where the features are)."""
     result = weighted_knn(
         train_features, train_labels, test_features, test_labels,
-        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes,
+        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes, device=device,
     )
     return {
         "knn_top1": result["top1"], "knn_top5": result["top5"], "k": cfg.eval.knn_k,
@@ -55,7 +57,7 @@ def knn_of_backbone(
     loader_args = dict(batch_size=batch_size, num_workers=cfg.data.num_workers)
     train_features, train_labels = extract_features(backbone, DataLoader(bank_set, **loader_args), device)
     test_features, test_labels = extract_features(backbone, DataLoader(test_set, **loader_args), device)
-    return knn_of_features(train_features, train_labels, test_features, test_labels, cfg, num_classes)
+    return knn_of_features(train_features, train_labels, test_features, test_labels, cfg, num_classes, device)
 
 
 def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -71,6 +73,6 @@ def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     if not num_classes:
         raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
     features = cached_eval_features(backbone, cfg, run / FEATURE_CACHE, device, datasets=datasets)
-    result = knn_of_features(*features, cfg, num_classes)
+    result = knn_of_features(*features, cfg, num_classes, device)
     write_result(run, KNN, result)
     return result

@@ -122,10 +122,16 @@ class SSLMethod(nn.Module):
         """Exponential moving average of the parameters: ``target ← τ · target + (1 - τ) · online``.
 
         BatchNorm statistics of the momentum twin are its own (it runs in train mode on its inputs).
+        All tensors move in one multi-tensor ``lerp`` (a few kernel launches on a GPU instead of one per
+        tensor; on the CPU it is the same per-tensor ``lerp_``, bit for bit).
         """
+        targets, onlines = [], []
         for online, target in self.momentum_pairs():
             for p_online, p_target in zip(online.parameters(), target.parameters(), strict=True):
-                p_target.lerp_(p_online.detach(), 1.0 - tau)
+                targets.append(p_target)
+                onlines.append(p_online.detach())
+        if targets:
+            torch._foreach_lerp_(targets, onlines, 1.0 - tau)
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:

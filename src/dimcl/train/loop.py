@@ -60,6 +60,7 @@ from dimcl.train.logs import RunCSVLogger, continue_logs, tensorboard_logger
 from dimcl.train.optim import build_optimizer, set_learning_rate
 from dimcl.train.sampling import EpochFeed
 from dimcl.train.schedules import warmup_cosine
+from dimcl.train.step_scalars import StepScalars, StepWhere
 
 
 @dataclass
@@ -300,6 +301,8 @@ class Run:
     step: int = 0
     last_record: dict[str, Any] | None = None
     bad_images_before: int = 0
+    #: the steps' loss terms and probe counts not read from the device yet
+    scalars: StepScalars = field(default_factory=StepScalars)
 
     @property
     def is_main(self) -> bool:
@@ -479,18 +482,21 @@ def _train_one_epoch(run: Run, epoch: int, skip: int, progress: EpochProgress, s
         accumulating = (i + 1) % accumulate != 0
         if i % accumulate == 0:
             set_learning_rate(run.optimizer, run.lr_factor[min(run.step, run.total_steps - 1)])
-        terms = _forward_backward(run, views, labels, accumulating, progress, where=(epoch, i))
+        _forward_backward(run, views, labels, accumulating, where=StepWhere(epoch, i, run.step))
         bar.update(1)
         if accumulating:
             continue
         _optimizer_step(run)
-        if run.is_main and t.progress_bar and (run.step % t.log_every_n_steps == 0 or i + 1 == len(loader)):
-            rate = progress.batches * run.global_batch / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}",
-                            img_s=f"{rate:.0f}")
+        if run.step % t.log_every_n_steps == 0 or i + 1 == len(loader):
+            terms = _read_step_scalars(run, progress)
+            if run.is_main and t.progress_bar:
+                rate = progress.batches * run.global_batch / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}",
+                                img_s=f"{rate:.0f}")
         stopping = stop.requested(run.fabric, run.step, t.log_every_n_steps)
         every_k = t.checkpoint_every_n_steps
         if (stopping or (every_k and run.step % every_k == 0)) and i + 1 < len(loader):
+            _read_step_scalars(run, progress)  # a checkpoint holds only steps whose losses were finite
             progress.elapsed = time.perf_counter() - started
             run.save(epoch, i + 1, progress)
         if stopping:
@@ -499,30 +505,40 @@ def _train_one_epoch(run: Run, epoch: int, skip: int, progress: EpochProgress, s
                 f"stopped by {stop.signal_name} at epoch {epoch + 1}, batch {i + 1} of {len(loader)}; "
                 f"the state is saved in {run.ckpt_path}: continue with --resume"
             )
+    _read_step_scalars(run, progress)  # batches after the last optimizer step (gradient accumulation)
     bar.close()
     return time.perf_counter() - started
 
 
-def _forward_backward(
-    run: Run, views: Any, labels: torch.Tensor, accumulating: bool, progress: EpochProgress, where: tuple[int, int]
-) -> dict[str, float]:
+def _forward_backward(run: Run, views: Any, labels: torch.Tensor, accumulating: bool, where: StepWhere) -> None:
     """One batch's losses and their gradients (synchronised across ranks unless ``accumulating``); its loss
-    terms are added to ``progress`` and returned. A non-finite loss stops the run before the optimizer step."""
+    terms stay on the device in ``run.scalars`` until the next read (``_read_step_scalars``)."""
     with run.fabric.no_backward_sync(run.model, enabled=accumulating):
         out = run.model(views, labels)
         total = out["loss"] + out["loss_probe"] if "loss_probe" in out else out["loss"]
         run.fabric.backward(total / run.cfg.optim.accumulate_grad_batches)
-    scalars = _read_scalars(out)
-    terms = {k: v for k, v in scalars.items() if k.startswith("loss")}
-    if not all(math.isfinite(v) for v in terms.values()):
-        epoch, i = where
-        raise NonFiniteLossError(
-            f"the loss is not finite at epoch {epoch + 1}, batch {i + 1} of {len(run.loader)} (global "
-            f"step {run.step}): " + ", ".join(f"{k}={v}" for k, v in terms.items())
-            + f". The last good checkpoint ({run.ckpt_path}) is untouched; lower optim.lr, check the "
-            "data, or use trainer.precision=32."
-        )
-    progress.add(scalars)
+    run.scalars.append(out, where)
+
+
+def _read_step_scalars(run: Run, progress: EpochProgress) -> dict[str, float]:
+    """Read the pending steps' scalars from the device (one sync) and add them to ``progress`` in step
+    order; returns the last step's loss terms ({} when none was pending).
+
+    A non-finite loss stops the run, naming the first step where it appeared. The steps after it (at
+    most ``trainer.log_every_n_steps``) have already been applied to the weights in memory, but no
+    checkpoint holds them: every checkpoint is written after a read.
+    """
+    terms: dict[str, float] = {}
+    for where, scalars in run.scalars.read():
+        terms = {k: v for k, v in scalars.items() if k.startswith("loss")}
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise NonFiniteLossError(
+                f"the loss is not finite at epoch {where.epoch + 1}, batch {where.batch + 1} of "
+                f"{len(run.loader)} (global step {where.step}): " + ", ".join(f"{k}={v}" for k, v in terms.items())
+                + f". The last good checkpoint ({run.ckpt_path}) is untouched; lower optim.lr, check the "
+                "data, or use trainer.precision=32."
+            )
+        progress.add(scalars)
     return terms
 
 
@@ -606,16 +622,6 @@ def _timed(loader: Any, progress: EpochProgress) -> Iterator[Any]:
             return
         progress.data_wait += time.perf_counter() - started
         yield batch
-
-
-def _read_scalars(out: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The step's loss terms and probe counts as Python numbers, with one device-to-host copy.
-
-    (A ``float()`` per term would wait for the device once per term, on every step.)
-    """
-    names = [k for k in out if k.startswith(("loss", "probe_"))]
-    values = torch.stack([out[k].detach().float() for k in names]).tolist()  # exact for float32 and counts
-    return dict(zip(names, values, strict=True))
 
 
 def _mean_over_ranks(fabric: Fabric, value: float) -> float:
