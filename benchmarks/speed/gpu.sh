@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The speed benchmark on one CUDA GPU, bf16-mixed, in under 5 minutes; writes its JSON and Markdown next
-# to this file. Run from anywhere:
+# to this file, or into $RESULTS when set (benchmarks/gpu/run.sh sets it to the device tool's $OUT). Run
+# from anywhere:
 #
 #   bash benchmarks/speed/gpu.sh
 #
@@ -21,11 +22,13 @@ if not torch.cuda.is_available():
     sys.exit("gpu.sh: no CUDA device visible")
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
 PY
+results="${RESULTS:-$here}"
+mkdir -p "$results"
 started=$(date +%s)
 # Training steps of the six methods at batch 256, bf16-mixed, plus the speed switches incl. torch.compile.
 "$python" "$here/step_speed.py" --device cuda --batch 256 --precision bf16-mixed --steps 10 --images 8192 \
-    --workers 8 --compile --out "$here/step_speed_gpu.json" --md "$here/step_speed_gpu.md"
+    --workers 8 --compile --out "$results/step_speed_gpu.json" --md "$results/step_speed_gpu.md"
 # DimCL loss alone, plain vs blockwise, D in {256, 2048, 8192} x N in {256, 1024}.
-"$python" "$here/dimcl_loss_memory.py" --device cuda --repeats 10 --out "$here/dimcl_loss_memory_gpu.json" \
-    --md "$here/dimcl_loss_memory_gpu.md"
-echo "gpu.sh: done in $(( $(date +%s) - started )) s; results in $here/*_gpu.{json,md}"
+"$python" "$here/dimcl_loss_memory.py" --device cuda --repeats 10 --out "$results/dimcl_loss_memory_gpu.json" \
+    --md "$results/dimcl_loss_memory_gpu.md"
+echo "gpu.sh: done in $(( $(date +%s) - started )) s; results in $results/*_gpu.{json,md}"

@@ -120,20 +120,27 @@ def _objectives():
     ]
 
 
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+AUTOCASTS = [("cpu", torch.bfloat16), pytest.param("cuda", torch.bfloat16, marks=_CUDA),
+             pytest.param("cuda", torch.float16, marks=_CUDA)]
+
+
+@pytest.mark.parametrize("device,half", AUTOCASTS, ids=["cpu-bf16", "cuda-bf16", "cuda-fp16"])
 @pytest.mark.parametrize("name,loss_fn,extra", _objectives(), ids=[o[0] for o in _objectives()])
-def test_every_objective_computes_in_float32_under_autocast(name, loss_fn, extra):
+def test_every_objective_computes_in_float32_under_autocast(name, loss_fn, extra, device, half):
     g = torch.Generator().manual_seed(8)
-    a, b = torch.randn(2, 24, 16, generator=g)
-    # The projector outputs of a bf16-mixed run: bfloat16 tensors, inside autocast.
-    a16, b16 = a.bfloat16().requires_grad_(), b.bfloat16().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    a, b = torch.randn(2, 24, 16, generator=g).to(device)
+    extra = tuple(e.to(device) for e in extra)
+    # The projector outputs of a bf16-mixed (16-mixed) run: half tensors, inside autocast.
+    a16, b16 = a.to(half).requires_grad_(), b.to(half).requires_grad_()
+    with torch.autocast(device, dtype=half):
         mixed = loss_fn(a16, b16, *extra)
         from_float32 = loss_fn(a, b, *extra)  # float32 inputs inside autocast (e.g. a float32 head)
     mixed.backward()
-    # The same bfloat16 values computed in float32 without autocast: equal to the bit.
+    # The same half values computed in float32 without autocast: equal to the bit (the same kernels).
     assert mixed.dtype == torch.float32
     assert torch.equal(mixed, loss_fn(a16.detach().float(), b16.detach().float(), *extra))
-    assert a16.grad.dtype == torch.bfloat16 and torch.isfinite(a16.grad).all()
+    assert a16.grad.dtype == half and torch.isfinite(a16.grad).all()
     assert torch.equal(from_float32, loss_fn(a, b, *extra))
 
 
