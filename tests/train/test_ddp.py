@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY_RUN, write_fashion_mnist
 
@@ -94,10 +96,32 @@ def _ddp_pretrain(root: Path, run: Path) -> list[str]:
             "eval.diagnose=false"]
 
 
-def test_killed_and_resumed_two_process_run_ends_as_the_uninterrupted_one(tmp_path):
-    # 320 images: 10 steps of 2 x 16 per epoch; the second epoch is the window for the kill.
-    root = write_fashion_mnist(tmp_path / "data", n_train=320, n_test=48)
-    full, killed = tmp_path / "full", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def uninterrupted_ddp_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data root, run): the reference 2-process run, uninterrupted, started by Fabric's launcher."""
+    # 320 images: 10 steps of 2 x 16 per epoch.
+    tmp = tmp_path_factory.mktemp("ddp")
+    root, full = write_fashion_mnist(tmp / "data", n_train=320, n_test=48), tmp / "full"
+    done = subprocess.run(_ddp_pretrain(root, full), capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, full
+
+
+def _assert_same_run(got_run: Path, want_run: Path) -> None:
+    """Equal metrics (timings aside) and equal checkpointed tensors: floats equal, not close."""
+    got = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(got_run)]
+    want = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(want_run)]
+    assert [r["epoch"] for r in got] == [1, 2] and "knn_top1" in got[-1] and "probe_top1" in got[-1]
+    assert got == want  # losses, kNN, probe
+    a, b = (load_checkpoint(run / "checkpoints" / "last.ckpt") for run in (got_run, want_run))
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_killed_and_resumed_two_process_run_ends_as_the_uninterrupted_one(uninterrupted_ddp_run, tmp_path):
+    root, full = uninterrupted_ddp_run
+    killed = tmp_path / "killed"
     # A session of its own, so the kill reaches both ranks (Fabric starts rank 1 as a child of rank 0).
     proc = subprocess.Popen(_ddp_pretrain(root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -112,13 +136,32 @@ def test_killed_and_resumed_two_process_run_ends_as_the_uninterrupted_one(tmp_pa
     # The resumed processes start with fresh counters (Fabric's loader wrapper counts its own epochs).
     resumed = subprocess.run([*_ddp_pretrain(root, killed), "--resume"], capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    uninterrupted = subprocess.run(_ddp_pretrain(root, full), capture_output=True, text=True, timeout=1200)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    _assert_same_run(killed, full)
 
-    got = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(killed)]
-    want = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(full)]
-    assert [r["epoch"] for r in got] == [1, 2] and "knn_top1" in got[-1] and "probe_top1" in got[-1]
-    assert got == want  # losses, kNN, probe: equal floats, not close ones
-    a, b = load_checkpoint(killed / "checkpoints" / "last.ckpt"), load_checkpoint(full / "checkpoints" / "last.ckpt")
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_torchrun_nodes_end_as_one_node_with_two_processes(uninterrupted_ddp_run, tmp_path):
+    """Two "nodes" on the loopback, one process each, started by torchrun as on a cluster (static
+    rendezvous: node rank, master address and port), through the real command: global ranks 0 and 1
+    are the same as on one node with two processes, so the run is the same to the bit."""
+    root, full = uninterrupted_ddp_run
+    run, port = tmp_path / "two_nodes", _free_port()
+    command = [arg for arg in _ddp_pretrain(root, run) if arg != "trainer.devices=2"]
+    command += ["trainer.devices=1", "trainer.num_nodes=2"]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+             f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", *command],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=1200)[0] for node in nodes]
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-3000:]
+    _assert_same_run(run, full)
