@@ -166,6 +166,8 @@ def test_channels_last_gives_the_same_run(tiny_fashion_mnist, tmp_path):
                     tmp_path / "channels_last")
     conv = next(m for m in fast.model.method.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # Other convolution kernels sum <= 3*3*128 products per output in another order: a forward's loss within
+    # ~depth * K * 6e-8 ~ 7e-4 at worst (docs/testing.md), and six steps do not amplify it past that.
     for key in ("loss", "loss_ssl", "loss_dimcl"):
         assert fast.records[0][key] == pytest.approx(plain.records[0][key], rel=1e-3), key
 
@@ -182,4 +184,5 @@ def test_compile_is_opt_in_and_keeps_checkpoint_names(tiny_fashion_mnist, tmp_pa
     assert compiled.model.method.backbone._compiled_call_impl is not None
     assert plain.model.method.backbone._compiled_call_impl is None
     assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
+    # Decomposed ops reorder sums as channels_last does: the same bound (docs/testing.md)
     assert compiled.records[0]["loss"] == pytest.approx(plain.records[0]["loss"], rel=1e-3)

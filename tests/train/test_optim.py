@@ -75,8 +75,10 @@ def test_lars_multi_tensor_step_equals_the_per_tensor_loop(momentum):
                 p.grad = None if (i == 4 and step == 0) else torch.randn(p.shape, generator=g)
             opt.step()
         runs[foreach] = [p.detach() for p in params]
+    # On the CPU PyTorch's multi-tensor ops fall back to the per-tensor ops (the same kernels, the same
+    # order): the two paths are equal to the bit, on any CPU.
     for loop, multi in zip(runs[False], runs[True], strict=True):
-        torch.testing.assert_close(multi, loop, rtol=1e-6, atol=1e-7)
+        assert torch.equal(multi, loop)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -94,6 +96,9 @@ def test_fused_kernels_on_request_give_the_same_step(name):
                 p.grad = torch.randn(p.shape, generator=g)
             opt.step()
         results[fused] = [p.detach() for p in model.parameters()]
+    # The fused kernel may order and contract (FMA) the update's arithmetic differently: each step's update
+    # (<= lr = 0.1) within ~10 float32 roundings (6e-8 each) plus one rounding of the weight, so after 3
+    # steps within 3 * (0.1 * 6e-7 + 6e-8 * |w|): inside atol 1e-6 + rtol 1e-5 * |w| (docs/testing.md).
     for plain, fused in zip(results[False], results[True], strict=True):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
     # unset: fused only where the run is on CUDA
