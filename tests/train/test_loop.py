@@ -14,6 +14,7 @@ from dimcl.config import RESUMABLE_KEYS, ConfigError
 from dimcl.methods import METHODS
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import BACKBONE_PREFIX, METHOD_PREFIX, read_metrics, weights_under
+from dimcl.train import loop
 from dimcl.train.loop import pretrain
 from dimcl.train.step_scalars import StepScalars
 from dimcl.trained import load_trained_backbone
@@ -186,3 +187,30 @@ def test_compile_is_opt_in_and_keeps_checkpoint_names(tiny_fashion_mnist, tmp_pa
     assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
     # Decomposed ops reorder sums as channels_last does: the same bound (docs/testing.md)
     assert compiled.records[0]["loss"] == pytest.approx(plain.records[0]["loss"], rel=1e-3)
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="torch.compiler.set_stance needs torch >= 2.6")
+def test_evaluation_does_not_compile_new_graphs(tiny_fashion_mnist, tmp_path, monkeypatch):
+    """kNN and the diagnostics run the compiled networks eagerly: torch.compile traces graphs while
+    training, none while evaluating (whose batch sizes and eval mode would each need new ones)."""
+    traced, evaluating = [], {"now": False}
+
+    def recording(gm, example_inputs):
+        traced.append(evaluating["now"])
+        return gm.forward
+
+    def watched(run, epoch):
+        evaluating["now"] = True
+        try:
+            return evaluate(run, epoch)
+        finally:
+            evaluating["now"] = False
+
+    compile_module, evaluate = torch.nn.Module.compile, loop._evaluate_epoch
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend=recording, **kw))
+    monkeypatch.setattr(loop, "_evaluate_epoch", watched)
+    torch._dynamo.reset()
+    record = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=1", "trainer.compile=true"), tmp_path)
+    torch._dynamo.reset()
+    assert "knn_top1" in record.records[0] and "backbone_effective_rank" in record.records[0]
+    assert traced and not any(traced), traced

@@ -10,6 +10,7 @@ uninterrupted one would (bit-for-bit on the CPU; see train/sampling.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -581,16 +582,28 @@ def _record_epoch(run: Run, epoch: int, progress: EpochProgress, elapsed: float)
 
 
 def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
-    """kNN (every ``eval.every`` epochs and after the last) and diversity figures, on rank 0."""
+    """kNN (every ``eval.every`` epochs and after the last) and diversity figures, on rank 0.
+
+    With ``trainer.compile`` the networks run eagerly here: the evaluation's batch sizes (and eval mode)
+    would otherwise make torch.compile trace new graphs, at every evaluation, for a few forward passes.
+    """
     cfg, figures = run.cfg, {}
     knn_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.trainer.max_epochs)
-    if run.is_main and run.eval_sets is not None and knn_now:
-        knn = knn_of_backbone(run.method.backbone, cfg, run.fabric.device, datasets=run.eval_sets,
-                              num_classes=run.num_classes)
-        figures.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
-    if run.is_main and run.diagnose_batch is not None:
-        figures.update(diagnose(run.method, run.diagnose_batch))
+    with _eager(cfg.trainer.compile):
+        if run.is_main and run.eval_sets is not None and knn_now:
+            knn = knn_of_backbone(run.method.backbone, cfg, run.fabric.device, datasets=run.eval_sets,
+                                  num_classes=run.num_classes)
+            figures.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
+        if run.is_main and run.diagnose_batch is not None:
+            figures.update(diagnose(run.method, run.diagnose_batch))
     return figures
+
+
+def _eager(compiled: bool) -> contextlib.AbstractContextManager:
+    """Compiled modules run their plain forward inside (``torch.compiler.set_stance``, torch >= 2.6; older
+    versions compile the evaluation's shapes too)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if compiled and set_stance is not None else contextlib.nullcontext()
 
 
 def set_cuda_defaults(precision: str) -> None:
