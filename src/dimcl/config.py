@@ -186,6 +186,14 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     #: also log to <run>/tensorboard (needs ``pip install 'dimcl[tensorboard]'``)
     tensorboard: bool = True
+    #: also log to Weights & Biases, under <run>/wandb, one W&B run continued on resume (needs ``dimcl[wandb]``)
+    wandb: bool = False
+    #: the W&B project
+    wandb_project: str = "dimcl"
+    #: the W&B entity (user or team; none: W&B's default)
+    wandb_entity: str | None = None
+    #: the W&B run name (none: the run directory's name)
+    wandb_name: str | None = None
     #: also checkpoint every this many optimizer steps within an epoch (0: at epoch ends only)
     checkpoint_every_n_steps: int = 0
     #: torch.compile the backbone, projector and predictor (opt-in: compiling takes a minute or more)
@@ -484,6 +492,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 #: experiment (the report groups them), and a run may be resumed with other values of them
 RUN_ONLY_KEYS = frozenset({
     "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard", "trainer.checkpoint_every_n_steps",
+    "trainer.wandb", "trainer.wandb_project", "trainer.wandb_entity", "trainer.wandb_name",
     "trainer.compile", "trainer.channels_last", "trainer.accelerator", "trainer.strategy", "optim.fused",
     "data.num_workers", "data.on_bad_image", "data.augment_on", "data.root", "data.download",
 })

@@ -95,10 +95,12 @@ def checkpoint_state(
     global_step: int,
     config: dict[str, Any],
     metrics: dict[str, Any] | None,
+    wandb_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The resumable state, as ``checkpoints/last.ckpt`` holds it: ``epoch`` epochs done plus
     ``batch_in_epoch`` batches of the next (with that epoch's running sums in ``progress``), the last
-    epoch record in ``metrics`` (mended into metrics.jsonl on resume if the run died before writing it)."""
+    epoch record in ``metrics`` (mended into metrics.jsonl on resume if the run died before writing it), and
+    the W&B run a resume continues (``wandb_run_id``, None without ``trainer.wandb``)."""
     return {
         "model": model,
         "optimizer": optimizer,
@@ -108,6 +110,7 @@ def checkpoint_state(
         "global_step": global_step,
         "config": config,
         "metrics": metrics,
+        "wandb_run_id": wandb_run_id,
         "format": CHECKPOINT_FORMAT,
     }
 

@@ -106,8 +106,11 @@ def tensorboard_logger(root_dir: str | os.PathLike[str]) -> Any:
         return None
 
 
-def continue_logs(loggers: list[Any], epochs_done: int) -> None:
-    """Point every logger of the run that can continue at the run's latest log (see the module docstring)."""
+def continue_logs(loggers: list[Any], epochs_done: int, wandb_run_id: str | None = None) -> None:
+    """Point every logger of the run that can continue at the run's latest log (see the module docstring);
+    the W&B logger at the checkpoint's W&B run."""
     for logger in loggers:
-        if hasattr(logger, "continue_from"):
+        if getattr(logger, "name", None) == "wandb":
+            logger.continue_from(epochs_done, wandb_run_id)
+        elif hasattr(logger, "continue_from"):
             logger.continue_from(epochs_done)

@@ -62,6 +62,7 @@ from dimcl.train.optim import build_optimizer, set_learning_rate
 from dimcl.train.sampling import EpochFeed
 from dimcl.train.schedules import warmup_cosine
 from dimcl.train.step_scalars import StepScalars, StepWhere
+from dimcl.train.wandb_logs import RunWandbLogger, wandb_run_id
 
 
 @dataclass
@@ -156,11 +157,14 @@ class Pretrainer(nn.Module):
 
 
 def _loggers(cfg: Config, out_dir: Path) -> list:
+    t = cfg.trainer
     loggers: list = [RunCSVLogger(out_dir)]
-    if cfg.trainer.tensorboard:
+    if t.tensorboard:
         tensorboard = tensorboard_logger(out_dir)  # None without tensorboard: `pip install dimcl[tensorboard]`
         if tensorboard is not None:
             loggers.append(tensorboard)
+    if t.wandb:
+        loggers.append(RunWandbLogger(out_dir, t.wandb_project, t.wandb_entity, t.wandb_name, cfg.to_dict()))
     return loggers
 
 
@@ -319,7 +323,7 @@ class Run:
             state = checkpoint_state(
                 model=self.pretrainer.state_dict(), optimizer=self.optimizer.state_dict(), epoch=epochs_done,
                 batch_in_epoch=batch_in_epoch, progress=dataclasses.asdict(progress), global_step=self.step,
-                config=self.cfg.to_dict(), metrics=self.last_record,
+                config=self.cfg.to_dict(), metrics=self.last_record, wandb_run_id=wandb_run_id(self.fabric.loggers),
             )
             save_atomic(state, self.ckpt_path)
         self.fabric.barrier()
@@ -342,7 +346,10 @@ def _open_run(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) ->
             f"'{out_dir}' already holds a run (it has {CHECKPOINT}); pass --resume to continue it (or "
             "--resume auto), or choose another --out directory. Nothing was changed."
         )
-    continue_logs(fabric.loggers, state["epoch"] if state is not None else 0)
+    if state is not None:
+        continue_logs(fabric.loggers, state["epoch"], state.get("wandb_run_id"))
+    else:
+        continue_logs(fabric.loggers, 0)
     for notice in notices:
         fabric.print(f"notice: {notice}")
     return state, bool(resume)
