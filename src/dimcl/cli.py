@@ -100,8 +100,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if (args.grid is None) == (args.grid_option is None):
         raise ConfigError("dimcl sweep: give the grid file once, as GRID or --grid GRID")
-    run_sweep(args.grid or args.grid_option, args.out, dry_run=args.dry_run, shard=parse_shard(args.shard))
-    return 0
+    grid, shard = args.grid or args.grid_option, parse_shard(args.shard)
+    if args.launcher is None or args.dry_run:
+        run_sweep(grid, args.out, dry_run=args.dry_run, shard=shard)
+        return 0
+    from dimcl.sweep_launch import LaunchOptions, launch_sweep
+
+    options = LaunchOptions(args.launcher, parallel=args.parallel, wait=args.wait, time_min=args.time,
+                            partition=args.partition, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem)
+    results = launch_sweep(grid, args.out, options, shard=shard)
+    return 1 if any(r["status"] == "failed" for r in results) else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -226,6 +234,17 @@ def _add_sweeps_and_outputs(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the cells and what would run")
     p.add_argument("--shard", metavar="K/N", help="run only every N-th cell, starting with the K-th (1 <= K <= N): "
                    "N sweeps with K = 1..N share a grid without running a cell twice")
+    p.add_argument("--launcher", choices=["local", "slurm"],
+                   help="one submitit job per unfinished cell: local subprocesses or a SLURM job array (needs "
+                   "dimcl[submitit]); without it the cells run here, one after another")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="local: jobs at once; slurm: the array's parallelism (0: no limit) (default 1)")
+    p.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and record how they ended")
+    p.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="time limit per job, in minutes")
+    p.add_argument("--partition", help="slurm: the partition")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per job (default 1)")
+    p.add_argument("--cpus", type=int, default=8, help="CPUs per job (default 8)")
+    p.add_argument("--mem", type=int, metavar="GB", help="slurm: memory per job in GB")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="Markdown report with seeds, paired differences and plots",

@@ -53,7 +53,10 @@ from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import CONFIG, DIVERSITY, LINEAR, hold_run_dir, read_metrics, read_result, run_state
 from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted, pretrain
 
-__all__ = ["SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid", "run_sweep"]
+__all__ = [
+    "SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid", "run_sweep", "summary_of_run",
+    "write_sweep_file",
+]
 
 SWEEP_FILE = "sweep.json"
 _GRID_KEYS = ("recipe", "config", "overrides", "grid", "cells", "linear", "diagnose", "diagnose_images", "device")
@@ -225,7 +228,7 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def summary_of_run(run_dir: Path) -> dict[str, Any]:
     """The headline figures of a run directory, for ``sweep.json``."""
     out: dict[str, Any] = {}
     records = read_metrics(run_dir)
@@ -242,7 +245,7 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _write_sweep_file(
+def write_sweep_file(
     out_dir: Path, grid_file: Path, cells: list[dict[str, Any]], shard: tuple[int, int] | None
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +323,7 @@ def run_sweep(
     dry_run: bool = False,
     log: Callable[[str], None] | None = print,
     shard: tuple[int, int] | None = None,
+    only: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell of ``grid_file`` into ``out_dir/<cell name>``; returns one dict per cell.
 
@@ -329,11 +333,17 @@ def run_sweep(
     ``resumed``, ``skipped`` (already finished), ``failed`` (with ``error``; a non-finite loss fails
     only its cell, any other error stops the sweep), ``interrupted``; with ``dry_run`` nothing runs or
     is written and the status says what would happen: ``would train``, ``would resume``, ``skipped``.
+    ``only``: run just the cell of that name (a launcher's job, see :mod:`dimcl.sweep_launch`); it writes
+    no sweep file, the launcher keeps it.
     """
     grid_file, out_dir = Path(grid_file), Path(out_dir)
     spec = load_grid(grid_file)
     say = log or (lambda _: None)
     planned = _plan_cells(spec, shard)
+    if only is not None:
+        planned = [p for p in planned if p[0] == only]
+        if not planned:
+            raise ConfigError(f"sweep: no cell named '{only}' in {grid_file}")
     states, results = [], []
     for name, cfg, cell in planned:
         run_dir = out_dir / name
@@ -349,11 +359,12 @@ def run_sweep(
         return results
 
     main = _is_main_process()
+    writes_status = main and only is None
     device = _eval_device(spec.device)
 
     def write_status() -> None:
-        if main:
-            _write_sweep_file(out_dir, grid_file, results, shard)
+        if writes_status:
+            write_sweep_file(out_dir, grid_file, results, shard)
 
     for index, ((name, cfg, _), state, result) in enumerate(zip(planned, states, results, strict=True), 1):
         run_dir = out_dir / name
@@ -370,6 +381,6 @@ def run_sweep(
                     linear_of_run(run_dir, device=device)
                 if spec.diagnose and (trains or not (run_dir / DIVERSITY).is_file()):
                     diagnose_run(run_dir, num_images=spec.diagnose_images, device=device)
-            result.update(_summary(run_dir))
-            _write_sweep_file(out_dir, grid_file, results, shard)
+            result.update(summary_of_run(run_dir))
+            write_status()
     return results
