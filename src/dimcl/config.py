@@ -212,8 +212,10 @@ class EvalConfig:
     knn_temperature: float = 0.07
     #: train a linear probe on detached features during pretraining (probe_top1 in the metrics)
     online_probe: bool = True
-    #: feature-diversity figures (correlation, effective rank, collapsed dims) every epoch, on a fixed batch
+    #: feature-diversity figures (correlation, effective rank, collapsed dims) on a fixed batch
     diagnose: bool = True
+    #: the diversity figures every this many epochs (and always after the last)
+    diagnose_every: int = 1
     #: the fixed evaluation images the diversity figures are computed on
     diagnose_images: int = 1024
 
@@ -456,6 +458,7 @@ def _check_optim(o: OptimConfig) -> None:
 def _check_eval(e: EvalConfig) -> None:
     require(e.every >= 0, "eval.every", e.every, "it must be >= 0 (0 turns kNN evaluation off)")
     require(e.knn_k >= 1, "eval.knn_k", e.knn_k, "it must be >= 1")
+    require(e.diagnose_every >= 1, "eval.diagnose_every", e.diagnose_every, "it must be >= 1")
     require(e.diagnose_images >= 2, "eval.diagnose_images", e.diagnose_images, "it must be >= 2")
     require(e.knn_temperature > 0, "eval.knn_temperature", e.knn_temperature, "it must be > 0")
 
@@ -495,6 +498,7 @@ RUN_ONLY_KEYS = frozenset({
     "trainer.wandb", "trainer.wandb_project", "trainer.wandb_entity", "trainer.wandb_name",
     "trainer.compile", "trainer.channels_last", "trainer.accelerator", "trainer.strategy", "optim.fused",
     "data.num_workers", "data.on_bad_image", "data.augment_on", "data.root", "data.download",
+    "eval.diagnose_every",
 })
 #: what a run may be resumed with besides :data:`RUN_ONLY_KEYS`: more epochs (the schedules stretch)
 RESUMABLE_KEYS = RUN_ONLY_KEYS | {"trainer.max_epochs"}

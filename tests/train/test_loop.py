@@ -214,3 +214,9 @@ def test_evaluation_does_not_compile_new_graphs(tiny_fashion_mnist, tmp_path, mo
     torch._dynamo.reset()
     assert "knn_top1" in record.records[0] and "backbone_effective_rank" in record.records[0]
     assert traced and not any(traced), traced
+
+
+def test_diagnostics_every_n_epochs_and_after_the_last(tiny_fashion_mnist, tmp_path):
+    result = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=3", "eval.every=0",
+                                  "eval.diagnose_every=2"), tmp_path)
+    assert ["backbone_effective_rank" in r for r in result.records] == [False, True, True]

@@ -589,19 +589,22 @@ def _record_epoch(run: Run, epoch: int, progress: EpochProgress, elapsed: float)
 
 
 def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
-    """kNN (every ``eval.every`` epochs and after the last) and diversity figures, on rank 0.
+    """kNN (every ``eval.every`` epochs and after the last) and diversity figures (every
+    ``eval.diagnose_every``), on rank 0.
 
     With ``trainer.compile`` the networks run eagerly here: the evaluation's batch sizes (and eval mode)
     would otherwise make torch.compile trace new graphs, at every evaluation, for a few forward passes.
     """
     cfg, figures = run.cfg, {}
-    knn_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.trainer.max_epochs)
+    last = epoch + 1 == cfg.trainer.max_epochs
+    knn_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or last)
+    diagnose_now = (epoch + 1) % cfg.eval.diagnose_every == 0 or last
     with _eager(cfg.trainer.compile):
         if run.is_main and run.eval_sets is not None and knn_now:
             knn = knn_of_backbone(run.method.backbone, cfg, run.fabric.device, datasets=run.eval_sets,
                                   num_classes=run.num_classes)
             figures.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
-        if run.is_main and run.diagnose_batch is not None:
+        if run.is_main and run.diagnose_batch is not None and diagnose_now:
             figures.update(diagnose(run.method, run.diagnose_batch))
     return figures
 
