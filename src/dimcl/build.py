@@ -25,6 +25,7 @@ from dimcl.data import (
 )
 from dimcl.data.datasets import seeded_subset
 from dimcl.data.device_views import BatchMultiView, build_batch_views, raw_image_transform
+from dimcl.data.view_config import with_local_views
 from dimcl.data.views import ViewConfig
 from dimcl.methods import SSLMethod, build_method
 from dimcl.models import build_backbone, stem_of
@@ -32,11 +33,12 @@ from dimcl.version import __version__
 
 
 def view_configs(augment: AugmentConfig, info: DatasetInfo) -> list[ViewConfig]:
-    """The dataset's two BYOL views with the recipe's ``augment.*`` values laid over them."""
+    """The dataset's two BYOL views with the recipe's ``augment.*`` values laid over them, then
+    ``augment.num_local_crops`` multi-crop local views (none by default)."""
     views = byol_view_configs(info, augment.crop_size)
     for f in dataclasses.fields(augment):
         value = getattr(augment, f.name)
-        if value is None or f.name == "crop_size":
+        if value is None or f.name in ("crop_size", "num_local_crops", "local_crop_size", "local_crop_scale"):
             continue
         if f.name == "crop_scale":
             views = [dataclasses.replace(v, crop_scale=tuple(value)) for v in views]
@@ -45,7 +47,7 @@ def view_configs(augment: AugmentConfig, info: DatasetInfo) -> list[ViewConfig]:
         if len(per_view) == 1:
             per_view = per_view * len(views)
         views = [dataclasses.replace(v, **{f.name: x}) for v, x in zip(views, per_view, strict=True)]
-    return views
+    return with_local_views(views, augment.num_local_crops, augment.local_crop_size, tuple(augment.local_crop_scale))
 
 
 def crop_size(cfg: Config) -> int:

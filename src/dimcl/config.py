@@ -49,6 +49,9 @@ class DimCLConfig:
     hardness_aware: bool = True
     #: plain (2D x 2D similarity matrix), blockwise (memory-lean), or auto (blockwise for wide projectors)
     implementation: Literal["auto", "plain", "blockwise"] = "auto"
+    #: with multi-crop (augment.num_local_crops > 0): DimCL averaged over the two global views' pair and every
+    #: (global, local) pair; false: between the two global views only
+    local_pairs: bool = False
 
     def __post_init__(self) -> None:
         self.check()
@@ -107,7 +110,9 @@ class DataConfig:
 class AugmentConfig:
     """Knobs of the BYOL two-view recipe; None keeps the recipe's value for the dataset.
 
-    Scalars apply to both views; a two-element list gives each view its own value.
+    Scalars apply to both views; a two-element list gives each view its own value. The multi-crop
+    keys (``num_local_crops``, ``local_crop_*``) add small local views, each the second view's recipe at its own
+    size and scale.
     """
 
     #: side of the random-resized crop in pixels
@@ -132,6 +137,12 @@ class AugmentConfig:
     gaussian_blur_prob: float | list[float] | None = None
     #: probability of solarization
     solarization_prob: float | list[float] | None = None
+    #: multi-crop: this many small local views besides the two global ones (0: plain two-view training)
+    num_local_crops: int = 0
+    #: side of the local views in pixels; None: the global size x 96 / 224 (solo-learn's ImageNet proportion)
+    local_crop_size: int | None = None
+    #: [min, max] fraction of the image area a local crop covers (solo-learn's multi-crop default)
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
 
 
 @dataclass
@@ -463,17 +474,29 @@ def _check_eval(e: EvalConfig) -> None:
     require(e.knn_temperature > 0, "eval.knn_temperature", e.knn_temperature, "it must be > 0")
 
 
+#: augment keys that are not per-view augmentation strengths
+_VIEW_SHAPE_KEYS = ("crop_size", "crop_scale", "num_local_crops", "local_crop_size", "local_crop_scale")
+
+
 def _check_augment(a: AugmentConfig) -> None:
-    if a.crop_scale is not None:
-        require(
-            len(a.crop_scale) == 2 and 0 < a.crop_scale[0] <= a.crop_scale[1] <= 1,
-            "augment.crop_scale",
-            a.crop_scale,
-            "it takes [min, max] with 0 < min <= max <= 1",
-        )
+    for key in ("crop_scale", "local_crop_scale"):
+        scale = getattr(a, key)
+        if scale is not None:
+            require(
+                len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, f"augment.{key}", scale,
+                "it takes [min, max] with 0 < min <= max <= 1",
+            )
     require(a.crop_size is None or a.crop_size >= 1, "augment.crop_size", a.crop_size, "it must be >= 1")
+    require(
+        a.local_crop_size is None or a.local_crop_size >= 1, "augment.local_crop_size", a.local_crop_size,
+        "it must be null (the global size x 96 / 224) or >= 1",
+    )
+    require(
+        a.num_local_crops >= 0, "augment.num_local_crops", a.num_local_crops,
+        "it must be >= 0 (0: the two global views only)",
+    )
     for f in dataclasses.fields(a):
-        if f.name in ("crop_size", "crop_scale"):
+        if f.name in _VIEW_SHAPE_KEYS:
             continue
         value = getattr(a, f.name)
         values = value if isinstance(value, list) else [value]

@@ -7,6 +7,7 @@ transforms apply that plan.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from dimcl.data.datasets import DatasetInfo
@@ -88,3 +89,28 @@ def byol_view_configs(info: DatasetInfo, crop_size: int | None = None) -> list[V
         ViewConfig(size, scale, gaussian_blur_prob=blur[0], solarization_prob=0.0, **color),
         ViewConfig(size, scale, gaussian_blur_prob=blur[1], solarization_prob=0.2, **color),
     ]
+
+
+#: solo-learn's ImageNet multi-crop proportion: 96 px local crops beside 224 px global ones
+LOCAL_TO_GLOBAL_SIZE = 96 / 224
+
+
+def local_crop_side(global_size: int, local_size: int | None = None) -> int:
+    """The side of the local views: ``local_size``, or ``global_size`` x 96 / 224 (224 -> 96, 32 -> 14)."""
+    return local_size if local_size is not None else max(1, round(global_size * LOCAL_TO_GLOBAL_SIZE))
+
+
+def with_local_views(
+    global_views: list[ViewConfig], count: int, size: int | None = None, scale: tuple[float, float] = (0.05, 0.14)
+) -> list[ViewConfig]:
+    """Multi-crop: the global views followed by ``count`` local views.
+
+    As in solo-learn, a local view is the last global view's recipe (BYOL's second view: light blur,
+    some solarization) at its own smaller side and crop scale. With ``count = 0`` the list is returned
+    unchanged, so two-view training stays exactly what it was.
+    """
+    if count == 0:
+        return list(global_views)
+    last = global_views[-1]
+    local = dataclasses.replace(last, crop_size=local_crop_side(last.crop_size, size), crop_scale=tuple(scale))
+    return [*global_views, *(dataclasses.replace(local) for _ in range(count))]
