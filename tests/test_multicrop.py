@@ -1,24 +1,72 @@
 """Multi-crop: two global views plus ``augment.num_local_crops`` small local ones.
 
 The config keys and their errors; the views of both view paths (loader and device) for N = 0 and N = 2,
-the global views unchanged by the local ones.
+the global views unchanged by the local ones; every multi-crop method's step with local views; two-view
+training (N = 0) computing exactly what it computed before multi-crop existed (losses and gradients,
+``torch.equal``); DimCL's ``local_pairs``; and real runs through ``pretrain``.
 """
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import TINY_RUN
+from torch import nn
 
 from dimcl.build import build_device_views, build_pretrain_dataset, view_configs
 from dimcl.config import AugmentConfig, ConfigError
 from dimcl.data import byol_view_configs, dataset_info
 from dimcl.data.view_config import local_crop_side
-from dimcl.methods import DimCLConfig
+from dimcl.losses import byol_loss, moco_loss, multi_view_nt_xent_loss, nt_xent_loss, simsiam_loss
+from dimcl.losses.barlow_twins import barlow_twins_loss
+from dimcl.losses.vicreg import vicreg_loss
+from dimcl.methods import METHODS, DimCLConfig, build_method
 from dimcl.recipes import load_config, resolve_recipe
+from dimcl.train.loop import pretrain
 
 FASHION = dataset_info("fashion_mnist")
 CIFAR = dataset_info("cifar10")
+MULTI_CROP = [name for name, cls in METHODS.items() if cls.multi_crop]
+
+SMALL_HEADS = {
+    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=64),
+    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
+    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
+    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
+}
+
+
+class TinyBackbone(nn.Module):
+    """Convolutional with a global pool: takes the global and the smaller local views alike."""
+
+    num_features = 24
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(32, self.num_features),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def make(name, weight=0.1, local_pairs=False, seed=0):
+    torch.manual_seed(seed)
+    dimcl = DimCLConfig(weight=weight, temperature=0.1, local_pairs=local_pairs)
+    return build_method(name, TinyBackbone(), dimcl, gather_distributed=False, **SMALL_HEADS[name])
+
+
+def crops(num_local=0, n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    views = [x + 0.1 * torch.randn(x.shape, generator=g) for _ in range(2)]
+    return views + [torch.randn(n, 3, 4, 4, generator=g) for _ in range(num_local)]
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -42,6 +90,13 @@ def test_config_defaults_are_two_view_training():
 def test_bad_multi_crop_values_are_config_errors(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(resolve_recipe("cifar10/byol"), [override])
+
+
+@pytest.mark.parametrize("method", ["barlow_twins", "vicreg"])
+def test_methods_without_a_multi_crop_form_refuse_local_crops(method):
+    with pytest.raises(ConfigError, match=f"augment.num_local_crops.*'{method}' has no multi-crop form"):
+        load_config(resolve_recipe(f"cifar10/{method}"), ["augment.num_local_crops=2"])
+    load_config(resolve_recipe(f"cifar10/{method}"), ["augment.num_local_crops=0"])
 
 
 # ------------------------------------------------------------------------------------------------- views
@@ -93,3 +148,97 @@ def test_device_views_have_the_global_and_local_shapes(tiny_fashion_mnist, num_l
     torch.manual_seed(4)
     globals_only = build_device_views(_cfg(tiny_fashion_mnist, 0, "data.augment_on=device"))(images)
     assert all(torch.equal(a, b) for a, b in zip(views[:2], globals_only, strict=True))
+
+
+# ----------------------------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize("name", MULTI_CROP)
+def test_multi_crop_step_is_finite_and_reaches_the_backbone(name):
+    method = make(name, weight=0.1, local_pairs=True)
+    out = method(crops(num_local=2))
+    assert torch.isfinite(out["loss"]) and out["z1"].shape == out["z2"].shape == (8, 16)
+    out["loss"].backward()
+    first_conv = method.backbone.net[0].weight.grad
+    assert first_conv is not None and torch.isfinite(first_conv).all() and first_conv.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["barlow_twins", "vicreg"])
+def test_two_view_only_methods_refuse_local_views(name):
+    with pytest.raises(ValueError, match="exactly two augmented views, got 4"):
+        make(name)(crops(num_local=2))
+
+
+def _targets(method, x1, x2):
+    with torch.no_grad():
+        return method.momentum_projector(method.momentum_backbone(x1)), method.momentum_projector(
+            method.momentum_backbone(x2)
+        )
+
+
+def _two_view_ssl(name, method, x1, x2):
+    """The methods' two-view objectives as they were computed before multi-crop existed, op for op."""
+    f1 = method.backbone(x1)
+    z1, z2 = method.projector(f1), method.projector(method.backbone(x2))
+    if name == "simclr":
+        loss = nt_xent_loss(z1, z2, method.temperature)
+    elif name == "byol":
+        p1, p2 = method.predictor(z1), method.predictor(z2)
+        t1, t2 = _targets(method, x1, x2)
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+    elif name == "simsiam":
+        p1, p2 = method.predictor(z1), method.predictor(z2)
+        loss = (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
+    elif name == "mocov2plus":
+        k1, k2 = _targets(method, x1, x2)
+        queue = method.queue.clone().detach()
+        loss = (moco_loss(z1, k2, queue[1], method.temperature) + moco_loss(z2, k1, queue[0], method.temperature)) / 2
+    elif name == "barlow_twins":
+        loss = barlow_twins_loss(z1, z2, method.lambd, method.scale_loss)
+    else:
+        loss = vicreg_loss(z1, z2, *method.weights)
+    return (1 - method.dimcl.weight) * loss + method.dimcl.weight * method.dimcl_loss(z1, z2)
+
+
+@pytest.mark.parametrize("local_pairs", [False, True])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_two_views_compute_exactly_what_they_did_before_multi_crop(name, local_pairs):
+    method = make(name, weight=0.1, local_pairs=local_pairs)
+    reference = copy.deepcopy(method)
+    x1, x2 = crops()
+    loss = method([x1, x2])["loss"]
+    expected = _two_view_ssl(name, reference, x1, x2)
+    assert torch.equal(loss, expected)
+    loss.backward()
+    expected.backward()
+    for (key, p), q in zip(method.named_parameters(), reference.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), key
+
+
+@pytest.mark.parametrize("name", MULTI_CROP)
+def test_dimcl_local_pairs_change_the_loss_only_with_local_views(name):
+    for num_local, changes in ((0, False), (2, True)):
+        outs = [make(name, local_pairs=pairs)(crops(num_local)) for pairs in (False, True)]
+        assert torch.equal(outs[0]["loss_ssl"], outs[1]["loss_ssl"])
+        assert torch.equal(outs[0]["loss_dimcl"], outs[1]["loss_dimcl"]) is not changes
+
+
+def test_multi_view_nt_xent_with_two_views_is_nt_xent():
+    z1, z2, z3 = torch.randn(3, 10, 6).unbind(0)
+    torch.testing.assert_close(multi_view_nt_xent_loss(z1, z2, temperature=0.3), nt_xent_loss(z1, z2, 0.3))
+    # three views: each anchor has two positives, and the loss stays finite and positive
+    assert multi_view_nt_xent_loss(z1, z2, z3, temperature=0.3) > 0
+
+
+# ------------------------------------------------------------------------------------------------- a run
+
+
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_a_real_multi_crop_run(tiny_fashion_mnist, tmp_path, method):
+    overrides = [o for o in TINY_RUN if not o.startswith("method.pred") or method == "byol"]
+    cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), [
+        *overrides, f"data.root={tiny_fashion_mnist}", "augment.num_local_crops=2", "dimcl.local_pairs=true",
+        "trainer.max_epochs=1",
+    ])
+    (record,) = pretrain(cfg, tmp_path / "run").records
+    assert torch.isfinite(torch.tensor(record["loss"])) and "loss_dimcl" in record and "knn_top1" in record

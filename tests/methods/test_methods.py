@@ -281,7 +281,8 @@ def test_bad_dimcl_settings_are_clear_errors(weight, temperature, match):
         DimCLConfig(weight=weight, temperature=temperature)
 
 
-def test_methods_need_exactly_two_views():
-    method = make("simclr")
+def test_methods_need_two_views_and_only_multi_crop_ones_take_more():
+    with pytest.raises(ValueError, match="two global augmented views .*got 1"):
+        make("simclr")(views()[:1])
     with pytest.raises(ValueError, match="exactly two augmented views, got 3"):
-        method(views() + views()[:1])
+        make("vicreg")(views() + views()[:1])

@@ -7,7 +7,9 @@ The contract of a method (a subclass of :class:`SSLMethod`):
   ``method.name`` and the recipes' file names ``configs/<dataset>/<name>.yaml``.
 - ``__init__(backbone, dimcl=None, *, <options with defaults>, gather_distributed=True)``: the
   keyword options become the config keys ``method.<option>``.
-- ``forward(views)``: two augmented batches (N, C, H, W) in, a :class:`MethodOutput` out.
+- ``forward(views)``: two global augmented batches (N, C, H, W), then any multi-crop local ones
+  (N, C, h, w), in; a :class:`MethodOutput` out. ``multi_crop = False`` declares a method that takes
+  the two global views only (a third view is then an error).
 - ``base_momentum`` and ``momentum_pairs()``: a method with a momentum (EMA) twin sets
   ``base_momentum`` and returns its (online, twin) module pairs; after every optimizer step the
   training loop calls ``momentum_update(cosine_momentum(step, total_steps, base_momentum))``.
@@ -56,6 +58,8 @@ class SSLMethod(nn.Module):
     name: ClassVar[str] = ""
     #: τ at step 0 of the momentum twin's cosine schedule; None: the method has no momentum twin
     base_momentum: float | None = None
+    #: whether the method's loss uses multi-crop local views (views[2:]); false: it takes two views only
+    multi_crop: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,30 +86,52 @@ class SSLMethod(nn.Module):
             else None
         )
 
-    @staticmethod
-    def _two_views(views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(views) != 2:
-            raise ValueError(f"the methods take exactly two augmented views, got {len(views)}")
-        return views[0], views[1]
+    def split_views(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(global view 1, global view 2, the local views): multi-crop's layout, two views and N local ones."""
+        if len(views) < 2:
+            raise ValueError(f"the methods take two global augmented views (then any local ones), got {len(views)}")
+        if len(views) > 2 and not self.multi_crop:
+            raise ValueError(
+                f"{self.name} takes exactly two augmented views, got {len(views)}: it has no multi-crop form "
+                "(augment.num_local_crops must be 0)"
+            )
+        return views[0], views[1], list(views[2:])
 
     def encode(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Backbone features of view 1 (N, F) and the online projections of both views (N, D) each."""
-        x1, x2 = self._two_views(views)
+        """Backbone features of view 1 (N, F) and the online projections of both global views (N, D) each."""
+        x1, x2, _ = self.split_views(views)
         f1 = self.backbone(x1)
         return f1, self.projector(f1), self.projector(self.backbone(x2))
 
+    def encode_locals(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The online projections (N, D) of the local views, one backbone pass each (as solo-learn; one pass
+        over all of them would mix their batch-norm statistics); empty for two-view training."""
+        return [self.projector(self.backbone(x)) for x in self.split_views(views)[2]]
+
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
-        """The method's step on two augmented views (N, C, H, W); ends with ``return self.combine(...)``."""
+        """The method's step on two global views (N, C, H, W), then any local ones; ends with ``self.combine(...)``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward(views)")
 
     def combine(
-        self, loss_ssl: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, features: torch.Tensor
+        self,
+        loss_ssl: torch.Tensor,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        features: torch.Tensor,
+        local_z: Sequence[torch.Tensor] = (),
     ) -> MethodOutput:
         """The output of ``forward``: ``loss = (1 - λ) · loss_ssl + λ · DimCL(z1, z2)``; with λ = 0 the loss
-        *is* ``loss_ssl`` and DimCL is not computed. ``features`` are the backbone's on view 1."""
+        *is* ``loss_ssl`` and DimCL is not computed. ``features`` are the backbone's on view 1.
+
+        ``local_z`` are the local views' projections (multi-crop): with ``dimcl.local_pairs`` DimCL is the
+        mean over the global pair and every (global, local) pair, else they do not enter DimCL.
+        """
         if self.dimcl_loss is None:
             return MethodOutput(loss_ssl=loss_ssl, z1=z1, z2=z2, loss=loss_ssl, features=features)
         loss_dimcl = self.dimcl_loss(z1, z2)
+        if local_z and self.dimcl.local_pairs:
+            pairs = [self.dimcl_loss(g, z) for z in local_z for g in (z1, z2)]
+            loss_dimcl = (loss_dimcl + torch.stack(pairs).sum()) / (1 + len(pairs))
         weight = self.dimcl.weight
         loss = (1 - weight) * loss_ssl + weight * loss_dimcl
         return MethodOutput(loss_ssl=loss_ssl, z1=z1, z2=z2, loss_dimcl=loss_dimcl, loss=loss, features=features)

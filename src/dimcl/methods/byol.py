@@ -1,4 +1,9 @@
-"""BYOL (Grill et al., NeurIPS 2020): an online network with a predictor chases an EMA target."""
+"""BYOL (Grill et al., NeurIPS 2020): an online network with a predictor chases an EMA target.
+
+Multi-crop as in solo-learn: the predictions of the local views chase the momentum targets of both global
+views too. solo-learn sums the pair losses; here their mean is scaled by 2, the two-view loss's number of
+pairs, so the loss (and its balance with DimCL's λ) keeps its two-view scale: solo-learn's is (1 + N) x ours.
+"""
 
 from __future__ import annotations
 
@@ -38,11 +43,15 @@ class BYOL(SSLMethod):
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
-        x1, x2 = views
+        x1, x2, _ = self.split_views(views)
+        local_z = self.encode_locals(views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             t1 = self.momentum_projector(self.momentum_backbone(x1))
             t2 = self.momentum_projector(self.momentum_backbone(x2))
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        if local_z:
+            pairs = [byol_loss(self.predictor(z), t) for z in local_z for t in (t1, t2)]
+            loss = (loss + torch.stack(pairs).sum()) * 2 / (2 + len(pairs))
         # DimCL regularises the online projector outputs z, not the predictor outputs p.
-        return self.combine(loss, z1, z2, f1)
+        return self.combine(loss, z1, z2, f1, local_z)

@@ -1,4 +1,9 @@
-"""MoCo v2+ (Chen et al. 2020, symmetric as in solo-learn): a momentum encoder and a queue of keys."""
+"""MoCo v2+ (Chen et al. 2020, symmetric as in solo-learn): a momentum encoder and a queue of keys.
+
+Multi-crop (an extension: solo-learn's MoCo v2+ uses the two global views only): the local views' queries
+also meet the momentum keys of both global views (each with that view's queue), the loss the mean over all
+(query, key) pairs; the queues take the global keys only.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +60,8 @@ class MoCoV2Plus(SSLMethod):
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, q1, q2 = self.encode(views)
-        x1, x2 = views
+        x1, x2, _ = self.split_views(views)
+        local_q = self.encode_locals(views)
         with torch.no_grad():
             k1 = self.momentum_projector(self.momentum_backbone(x1))
             k2 = self.momentum_projector(self.momentum_backbone(x2))
@@ -63,7 +69,10 @@ class MoCoV2Plus(SSLMethod):
         loss = (
             moco_loss(q1, k2, queue[1], self.temperature) + moco_loss(q2, k1, queue[0], self.temperature)
         ) / 2
+        if local_q:
+            pairs = [moco_loss(q, k, queue[j], self.temperature) for q in local_q for j, k in enumerate((k1, k2))]
+            loss = (loss * 2 + torch.stack(pairs).sum()) / (2 + len(pairs))
         if self.training:
             self._enqueue(k1, k2)
         # DimCL regularises the query projections before their L2 normalisation (as the authors do).
-        return self.combine(loss, q1, q2, f1)
+        return self.combine(loss, q1, q2, f1, local_q)

@@ -1,4 +1,8 @@
-"""SimCLR (Chen et al., ICML 2020): NT-Xent on the projections of two views."""
+"""SimCLR (Chen et al., ICML 2020): NT-Xent on the projections of two views.
+
+With multi-crop local views, every other view of the same image is a positive (solo-learn's multi-positive
+NT-Xent, :mod:`dimcl.losses.multi_view_nt_xent`); two-view training keeps plain NT-Xent.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dimcl.losses.multi_view_nt_xent import multi_view_nt_xent_loss
 from dimcl.losses.nt_xent import nt_xent_loss
 from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
 from dimcl.models.heads import mlp
@@ -31,5 +36,11 @@ class SimCLR(SSLMethod):
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
-        loss = nt_xent_loss(z1, z2, self.temperature, gather_distributed=self.gather_distributed)
-        return self.combine(loss, z1, z2, f1)
+        local_z = self.encode_locals(views)
+        if local_z:
+            loss = multi_view_nt_xent_loss(
+                z1, z2, *local_z, temperature=self.temperature, gather_distributed=self.gather_distributed
+            )
+        else:
+            loss = nt_xent_loss(z1, z2, self.temperature, gather_distributed=self.gather_distributed)
+        return self.combine(loss, z1, z2, f1, local_z)

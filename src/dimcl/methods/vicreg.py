@@ -14,6 +14,9 @@ from dimcl.models.heads import mlp
 
 class VICReg(SSLMethod):
     name = "vicreg"
+    # solo-learn's VICReg computes its loss on the two global views only (local crops would go through the
+    # backbone for nothing), and the objective is defined on one pair of batches: no multi-crop form here.
+    multi_crop = False
 
     def __init__(
         self,
