@@ -242,3 +242,17 @@ def test_a_real_multi_crop_run(tiny_fashion_mnist, tmp_path, method):
     ])
     (record,) = pretrain(cfg, tmp_path / "run").records
     assert torch.isfinite(torch.tensor(record["loss"])) and "loss_dimcl" in record and "knn_top1" in record
+
+
+MULTI_CROP_RECIPES = ["cifar10/byol_multicrop", "cifar10/simclr_multicrop",
+                      "imagenet100/byol_multicrop", "imagenet100/simclr_multicrop"]
+
+
+@pytest.mark.parametrize("recipe", MULTI_CROP_RECIPES)
+def test_multi_crop_recipes_load_with_solo_learns_scales(recipe):
+    cfg = load_config(resolve_recipe(recipe))
+    assert cfg.method.name == recipe.split("/")[1].removesuffix("_multicrop")
+    a = cfg.augment
+    assert a.crop_scale == [0.14, 1.0] and a.local_crop_scale == [0.05, 0.14]
+    expected = (6, 96) if recipe.startswith("imagenet100") else (4, 16)
+    assert (a.num_local_crops, a.local_crop_size) == expected
