@@ -233,12 +233,12 @@ def test_multi_view_nt_xent_with_two_views_is_nt_xent():
 # ------------------------------------------------------------------------------------------------- a run
 
 
-@pytest.mark.parametrize("method", ["byol", "simclr"])
-def test_a_real_multi_crop_run(tiny_fashion_mnist, tmp_path, method):
+@pytest.mark.parametrize("method,augment_on", [("byol", "loader"), ("simclr", "loader"), ("byol", "device")])
+def test_a_real_multi_crop_run(tiny_fashion_mnist, tmp_path, method, augment_on):
     overrides = [o for o in TINY_RUN if not o.startswith("method.pred") or method == "byol"]
     cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), [
         *overrides, f"data.root={tiny_fashion_mnist}", "augment.num_local_crops=2", "dimcl.local_pairs=true",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=1", f"data.augment_on={augment_on}",
     ])
     (record,) = pretrain(cfg, tmp_path / "run").records
     assert torch.isfinite(torch.tensor(record["loss"])) and "loss_dimcl" in record and "knn_top1" in record
