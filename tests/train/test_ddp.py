@@ -87,6 +87,10 @@ def test_the_pretraining_loop_runs_on_two_processes(tiny_fashion_mnist, tmp_path
 
 
 DIMCL = str(Path(sys.executable).with_name("dimcl"))
+#: One intra-op thread in every process of the runs compared below: torchrun sets OMP_NUM_THREADS=1 for its
+#: workers, Fabric's launcher leaves torch's default, and another thread count sums convolutions in another
+#: order. Pinned, the runs are deterministic by construction and compared with ==.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _ddp_pretrain(root: Path, run: Path) -> list[str]:
@@ -102,7 +106,7 @@ def uninterrupted_ddp_run(tmp_path_factory) -> tuple[Path, Path]:
     # 320 images: 10 steps of 2 x 16 per epoch.
     tmp = tmp_path_factory.mktemp("ddp")
     root, full = write_fashion_mnist(tmp / "data", n_train=320, n_test=48), tmp / "full"
-    done = subprocess.run(_ddp_pretrain(root, full), capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(_ddp_pretrain(root, full), capture_output=True, text=True, timeout=1200, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, full
 
@@ -124,7 +128,7 @@ def test_killed_and_resumed_two_process_run_ends_as_the_uninterrupted_one(uninte
     killed = tmp_path / "killed"
     # A session of its own, so the kill reaches both ranks (Fabric starts rank 1 as a child of rank 0).
     proc = subprocess.Popen(_ddp_pretrain(root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, env=ONE_THREAD)
     deadline = time.time() + 1200
     while not read_metrics(killed) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -134,7 +138,8 @@ def test_killed_and_resumed_two_process_run_ends_as_the_uninterrupted_one(uninte
     done = len(read_metrics(killed))
     assert done == 1, "the kill should land after the first checkpoint and before the end"
     # The resumed processes start with fresh counters (Fabric's loader wrapper counts its own epochs).
-    resumed = subprocess.run([*_ddp_pretrain(root, killed), "--resume"], capture_output=True, text=True, timeout=1200)
+    resumed = subprocess.run([*_ddp_pretrain(root, killed), "--resume"], capture_output=True, text=True, timeout=1200,
+                             env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(killed, full)
 
@@ -157,7 +162,7 @@ def test_two_torchrun_nodes_end_as_one_node_with_two_processes(uninterrupted_ddp
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
              f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", *command],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ONE_THREAD,
         )
         for node in (0, 1)
     ]
