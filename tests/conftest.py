@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch import nn
 
 
 def write_fashion_mnist(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
@@ -51,3 +52,30 @@ TINY_RUN = [
     "optim.warmup_epochs=1",
     "eval.knn_k=10",
 ]
+
+
+#: method options that keep each method's heads small enough for CPU tests
+SMALL_HEADS = {
+    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=256),
+    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
+    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
+    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
+}
+
+
+class TinyBackbone(nn.Module):
+    """A 3-channel convolutional backbone with a global pool (any input side, multi-crop's local views too)."""
+
+    num_features = 24
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(32, self.num_features),
+        )
+
+    def forward(self, x):
+        return self.net(x)

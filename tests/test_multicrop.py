@@ -12,8 +12,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_RUN
-from torch import nn
+from conftest import SMALL_HEADS, TINY_RUN, TinyBackbone
 
 from dimcl.build import build_device_views, build_pretrain_dataset, view_configs
 from dimcl.config import AugmentConfig, ConfigError
@@ -29,31 +28,6 @@ from dimcl.train.loop import pretrain
 FASHION = dataset_info("fashion_mnist")
 CIFAR = dataset_info("cifar10")
 MULTI_CROP = [name for name, cls in METHODS.items() if cls.multi_crop]
-
-SMALL_HEADS = {
-    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=64),
-    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
-    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
-    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
-}
-
-
-class TinyBackbone(nn.Module):
-    """Convolutional with a global pool: takes the global and the smaller local views alike."""
-
-    num_features = 24
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(32, self.num_features),
-        )
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def make(name, weight=0.1, local_pairs=False, seed=0):

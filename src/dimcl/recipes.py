@@ -87,7 +87,7 @@ def check_names(cfg: Config) -> None:
         cfg.augment.num_local_crops == 0 or METHODS[cfg.method.name].multi_crop,
         "augment.num_local_crops", cfg.augment.num_local_crops,
         f"method '{cfg.method.name}' has no multi-crop form (solo-learn computes it on the two global views only); "
-        "multi-crop is for simclr, byol, simsiam and mocov2plus. Set it to 0",
+        f"multi-crop is for {', '.join(name for name, cls in METHODS.items() if cls.multi_crop)}. Set it to 0",
     )
     if DATASETS[cfg.data.name].in_channels == 1:
         for name in ("saturation", "hue", "grayscale_prob"):

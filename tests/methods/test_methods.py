@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from conftest import SMALL_HEADS, TinyBackbone
 
 from dimcl.losses import (
     barlow_twins_loss,
@@ -20,34 +20,6 @@ from dimcl.losses import (
     vicreg_loss,
 )
 from dimcl.methods import METHODS, DimCLConfig, MethodOutput, SSLMethod, build_method, cosine_momentum, method_options
-
-#: options that keep each method's heads small enough for CPU tests
-SMALL_HEADS = {
-    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=256),
-    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
-    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
-    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
-}
-
-
-class TinyBackbone(nn.Module):
-    num_features = 24
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(),
-            nn.Linear(32, self.num_features),
-        )
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def make(name, weight=0.0, seed=0, **overrides):
