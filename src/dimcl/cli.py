@@ -115,7 +115,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from dimcl.report import build_report
 
-    print(build_report(args.dir, args.out))
+    print(build_report(args.dir, args.out, include_unfinished=args.include_unfinished))
     return 0
 
 
@@ -252,6 +252,8 @@ def _add_sweeps_and_outputs(sub: Any) -> None:
                        "mean ± std over seeds, +DimCL − base with paired 95% intervals, and plots.")
     p.add_argument("dir", help="folder holding run directories")
     p.add_argument("--out", help="report path (default: DIR/report.md)")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="also report runs that stopped before their trainer.max_epochs (left out by default)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="write a run's backbone for torchvision, timm or as safetensors",

@@ -22,9 +22,11 @@ from dimcl.report.report import (
 
 
 def make_run(path, method, weight, seed, knn, *, rank=None, extra=(), files=None):
-    """A run directory: config.yaml, and metrics.jsonl whose epochs have the given kNN (and rank) values."""
+    """A run directory: config.yaml, and metrics.jsonl whose epochs have the given kNN (and rank) values
+    (finished: its trainer.max_epochs is the number of epochs given, unless ``extra`` says otherwise)."""
     path.mkdir(parents=True)
-    cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), [f"seed={seed}", f"dimcl.weight={weight}", *extra])
+    overrides = [f"seed={seed}", f"dimcl.weight={weight}", f"trainer.max_epochs={len(knn)}", *extra]
+    cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), overrides)
     save_config(cfg, path / "config.yaml")
     with open(path / "metrics.jsonl", "w") as f:
         for epoch, value in enumerate(knn, 1):
@@ -146,3 +148,20 @@ def test_runs_are_ordered_by_numeric_seed(tmp_path):
     runs = [Run(tmp_path / str(s), {"seed": s, "method.name": "byol", "dimcl.weight": 0.0}, [], {}) for s in (10, 2)]
     (group,) = group_runs(runs)
     assert [r.seed for r in group.runs] == [2, 10]
+
+
+def test_unfinished_runs_are_left_out_unless_asked(sweep, tmp_path):
+    # A third seed of SimCLR still training: 2 of its 8 epochs recorded, and a high early kNN.
+    make_run(sweep / "simclr" / "base_s1", "simclr", 0, 1, [99, 99], extra=["trainer.max_epochs=8"])
+    runs, notes = load_runs(sweep)
+    assert len(runs) == 9 and not any(r.path.name == "base_s1" for r in runs)
+    (note,) = [n for n in notes if "base_s1" in n]
+    assert "unfinished (epoch 2 of 8" in note
+    markdown = build_report(sweep, tmp_path / "r.md")
+    assert "9 run(s)" in markdown and "99.00" not in markdown and "unfinished (epoch 2 of 8" in markdown
+
+    runs, notes = load_runs(sweep, include_unfinished=True)
+    assert len(runs) == 10 and any("base_s1" in n and "its last epoch's" in n for n in notes)
+    markdown = build_report(sweep, tmp_path / "r2.md", include_unfinished=True)
+    # its own configuration (another max_epochs), with its last epoch's kNN
+    assert "10 run(s)" in markdown and "5 configuration(s)" in markdown and "| 99.00 |" in markdown

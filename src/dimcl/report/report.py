@@ -150,10 +150,24 @@ def _final_figures(run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, fl
     return {k: float(v) for k, v in figures.items() if isinstance(v, int | float)}
 
 
-def load_runs(root: str | Path) -> tuple[list[Run], list[str]]:
+def _unfinished(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str | None:
+    """``"epoch k of n"`` when the metrics stop before the config's ``trainer.max_epochs``, else None.
+
+    Read from the text records alone (a committed run keeps its metrics and config, not its weights)."""
+    planned = config.get("trainer", {}).get("max_epochs") if isinstance(config.get("trainer"), dict) else None
+    last = metrics[-1]["epoch"] if metrics else 0
+    if isinstance(planned, int) and last < planned:
+        return f"epoch {last} of {planned}"
+    return None
+
+
+def load_runs(root: str | Path, include_unfinished: bool = False) -> tuple[list[Run], list[str]]:
     """Every run directory under ``root`` (at any depth; one with a ``config.yaml``), in path order.
 
-    Returns ``(runs, notes)``: the notes name directories left out (config unreadable, no metrics).
+    A run whose metrics stop before its ``trainer.max_epochs`` (still training, or stopped) is left out
+    unless ``include_unfinished``: its last epoch's figures are not the ones its budget promises.
+    Returns ``(runs, notes)``: the notes name directories left out (config unreadable, no metrics,
+    unfinished) and unfinished runs kept.
     """
     runs, notes = [], []
     for config_path in sorted(Path(root).rglob(CONFIG)):
@@ -170,6 +184,12 @@ def load_runs(root: str | Path) -> tuple[list[Run], list[str]]:
             notes.append(f"`{run_dir}` skipped: it has a {CONFIG} but no {METRICS} (not a run, or not one epoch yet)")
             continue
         metrics = read_metrics(run_dir)
+        unfinished = _unfinished(config, metrics)
+        if unfinished and not include_unfinished:
+            notes.append(f"`{run_dir}` left out: unfinished ({unfinished}; `--include-unfinished` shows it)")
+            continue
+        if unfinished:
+            notes.append(f"`{run_dir}` is unfinished ({unfinished}): its figures are its last epoch's")
         runs.append(Run(run_dir, _flatten(config), metrics, _final_figures(run_dir, metrics)))
     return runs, notes
 
@@ -444,8 +464,13 @@ def _baselines_table(folder: Path) -> list[str]:
     return lines
 
 
-def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> str:
+def build_report(
+    sweep_dir: str | Path, out_path: str | Path | None = None, include_unfinished: bool = False
+) -> str:
     """Write the Markdown report of the runs under ``sweep_dir`` to ``out_path`` and return it.
+
+    Runs that have not reached their ``trainer.max_epochs`` are left out (and named in the notes) unless
+    ``include_unfinished``.
 
     ``out_path`` defaults to ``<sweep_dir>/report.md``; the PNG plots (``knn_top1_<method>.png``, and
     ``effective_rank_<method>.png`` when the metrics hold ``backbone_effective_rank``) go next to it.
@@ -453,7 +478,7 @@ def build_report(sweep_dir: str | Path, out_path: str | Path | None = None) -> s
     sweep_dir = Path(sweep_dir)
     out_path = Path(out_path) if out_path is not None else sweep_dir / "report.md"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    runs, notes = load_runs(sweep_dir)
+    runs, notes = load_runs(sweep_dir, include_unfinished)
     groups = group_runs(runs)
     lines = [
         "# DimCL report",
