@@ -72,6 +72,17 @@ def test_the_file_keeps_one_record_per_seed_and_protocol(tmp_path, data):
     assert [r["raw_pixels"]["knn_top1"] for r in records if r["protocol"] == record["protocol"]] == [2.0, 1.0]
 
 
+def test_each_reference_row_names_its_own_seeds(tmp_path, data):
+    # The floors of seeds 0 and 1, the ceiling of seed 0 only (a supervised run not yet made for seed 1).
+    protocol = protocol_of(cfg_of(data))
+    write_baselines(tmp_path, {"seed": 0, "protocol": protocol, "raw_pixels": {"knn_top1": 80.0},
+                               "supervised": {"knn_top1": 90.0, "linear_top1": 91.0, "head_top1": 89.0}})
+    write_baselines(tmp_path, {"seed": 1, "protocol": protocol, "raw_pixels": {"knn_top1": 80.0}})
+    report = build_report(tmp_path)
+    assert "| raw pixels (floor) | 0, 1 | 80.00 ± 0.00 | – | – |" in report
+    assert "| supervised backbone (ceiling) | 0 | 90.00 | 91.00 | 89.00 |" in report
+
+
 def test_command_writes_the_file_and_the_report_shows_it(tmp_path, data, capsys):
     out = tmp_path / "sweep"
     code = main(["baselines", "-c", "fashion_mnist/byol", "-o", str(out), "--seeds", "0,1",

@@ -450,11 +450,11 @@ def _baselines_table(folder: Path) -> list[str]:
         lines += [f"Protocol: {described}; {sizes}.", "",
                   "| reference | seeds | kNN top-1 (%) | linear top-1 (%) | its own classifier top-1 (%) |",
                   "|---|---|---|---|---|"]
-        seeds = _seeds_text([r.get("seed") for r in records])
         for row, title in BASELINE_ROWS.items():
             present = [r[row] for r in records if row in r]
             if not present:
                 continue
+            seeds = _seeds_text([r.get("seed") for r in records if row in r])  # e.g. a ceiling not run for all
             cells = []
             for key in ("knn_top1", "linear_top1", "head_top1"):
                 values = [p[key] for p in present if key in p]
