@@ -154,7 +154,8 @@ def _unfinished(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str | 
     """``"epoch k of n"`` when the metrics stop before the config's ``trainer.max_epochs``, else None.
 
     Read from the text records alone (a committed run keeps its metrics and config, not its weights)."""
-    planned = config.get("trainer", {}).get("max_epochs") if isinstance(config.get("trainer"), dict) else None
+    trainer = config.get("trainer")
+    planned = trainer.get("max_epochs") if isinstance(trainer, dict) else None
     last = metrics[-1]["epoch"] if metrics else 0
     if isinstance(planned, int) and last < planned:
         return f"epoch {last} of {planned}"
