@@ -76,11 +76,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def reached_max_epochs(records: list[dict[str, Any]], max_epochs: int) -> bool:
+    """Whether the metrics records (:func:`read_metrics`) go up to ``max_epochs``."""
+    return bool(records) and records[-1]["epoch"] >= max_epochs
+
+
 def run_state(run_dir: str | Path, max_epochs: int) -> str:
     """``finished`` (backbone exported and ``max_epochs`` recorded), ``interrupted`` (has a checkpoint) or ``new``."""
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
-    if (run_dir / BACKBONE).is_file() and records and records[-1]["epoch"] >= max_epochs:
+    if (run_dir / BACKBONE).is_file() and reached_max_epochs(read_metrics(run_dir), max_epochs):
         return "finished"
     return "interrupted" if (run_dir / CHECKPOINT).is_file() else "new"
 

@@ -25,7 +25,7 @@ from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import read_baselines
 from dimcl.config import RUN_ONLY_KEYS, flatten_config
 from dimcl.eval import EVALUATIONS
-from dimcl.run_dir import BASELINES, CONFIG, METRICS, read_metrics, read_result
+from dimcl.run_dir import BASELINES, CONFIG, METRICS, reached_max_epochs, read_metrics, read_result
 
 __all__ = [
     "Comparison",
@@ -151,15 +151,12 @@ def _final_figures(run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, fl
 
 
 def _unfinished(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str | None:
-    """``"epoch k of n"`` when the metrics stop before the config's ``trainer.max_epochs``, else None.
-
-    Read from the text records alone (a committed run keeps its metrics and config, not its weights)."""
-    trainer = config.get("trainer")
-    planned = trainer.get("max_epochs") if isinstance(trainer, dict) else None
-    last = metrics[-1]["epoch"] if metrics else 0
-    if isinstance(planned, int) and last < planned:
-        return f"epoch {last} of {planned}"
-    return None
+    """``"epoch k of n"`` when the metrics stop before the (flattened) config's ``trainer.max_epochs``, else
+    None. Read from the text records alone: a committed run keeps its metrics and config, not its weights."""
+    planned = config.get("trainer.max_epochs")
+    if not isinstance(planned, int) or reached_max_epochs(metrics, planned):
+        return None
+    return f"epoch {metrics[-1]['epoch'] if metrics else 0} of {planned}"
 
 
 def load_runs(root: str | Path, include_unfinished: bool = False) -> tuple[list[Run], list[str]]:
@@ -184,14 +181,14 @@ def load_runs(root: str | Path, include_unfinished: bool = False) -> tuple[list[
         if not (run_dir / METRICS).is_file():
             notes.append(f"`{run_dir}` skipped: it has a {CONFIG} but no {METRICS} (not a run, or not one epoch yet)")
             continue
-        metrics = read_metrics(run_dir)
+        metrics, config = read_metrics(run_dir), _flatten(config)
         unfinished = _unfinished(config, metrics)
         if unfinished and not include_unfinished:
             notes.append(f"`{run_dir}` left out: unfinished ({unfinished}; `--include-unfinished` shows it)")
             continue
         if unfinished:
             notes.append(f"`{run_dir}` is unfinished ({unfinished}): its figures are its last epoch's")
-        runs.append(Run(run_dir, _flatten(config), metrics, _final_figures(run_dir, metrics)))
+        runs.append(Run(run_dir, config, metrics, _final_figures(run_dir, metrics)))
     return runs, notes
 
 
@@ -452,10 +449,10 @@ def _baselines_table(folder: Path) -> list[str]:
                   "| reference | seeds | kNN top-1 (%) | linear top-1 (%) | its own classifier top-1 (%) |",
                   "|---|---|---|---|---|"]
         for row, title in BASELINE_ROWS.items():
-            present = [r[row] for r in records if row in r]
-            if not present:
+            having = [r for r in records if row in r]  # its own seeds: a ceiling may not be run for all
+            if not having:
                 continue
-            seeds = _seeds_text([r.get("seed") for r in records if row in r])  # e.g. a ceiling not run for all
+            present, seeds = [r[row] for r in having], _seeds_text([r.get("seed") for r in having])
             cells = []
             for key in ("knn_top1", "linear_top1", "head_top1"):
                 values = [p[key] for p in present if key in p]
