@@ -589,17 +589,34 @@ def _corrupt_data_cases(tmp_path: Path) -> list[tuple[str, str, Path, str]]:
     return cases
 
 
-def test_corrupt_dataset_files_are_a_clear_error_naming_the_file(tmp_path):
+#: the corrupt-file cases also run as a real `dimcl` process (the others call the CLI's main() in this
+#: process, as the bad-input test does: 12 process starts were 44 s of imports)
+CORRUPT_AS_PROCESS = ("idx truncated", "cifar not a batch", "stl truncated images")
+
+
+def test_corrupt_dataset_files_are_a_clear_error_naming_the_file(tmp_path, capsys):
     cases = _corrupt_data_cases(tmp_path)
+    assert set(CORRUPT_AS_PROCESS) <= {case[0] for case in cases}
 
-    def run(case):
-        name, dataset, root, _ = case
-        return subprocess.run([DIMCL, "pretrain", "-o", str(tmp_path / "out" / name.replace(" ", "_")),
-                               f"data.name={dataset}", f"data.root={root}", "backbone.name=small_cnn", *QUICK],
-                              capture_output=True, text=True, timeout=300)
+    def args(name: str, dataset: str, root: Path) -> list[str]:
+        return ["pretrain", "-o", str(tmp_path / "out" / name.replace(" ", "_")), f"data.name={dataset}",
+                f"data.root={root}", "backbone.name=small_cnn", *QUICK]
 
+    def in_process(name: str, dataset: str, root: Path) -> tuple[int, str]:
+        capsys.readouterr()
+        code = cli.main(args(name, dataset, root))
+        return code, capsys.readouterr().err
+
+    def as_process(name: str, dataset: str, root: Path) -> tuple[int, str]:
+        proc = subprocess.run([DIMCL, *args(name + " process", dataset, root)], capture_output=True, text=True,
+                              timeout=300)
+        return proc.returncode, proc.stderr
+
+    results = [(name, file, in_process(name, dataset, root)) for name, dataset, root, file in cases]
+    also = [case for case in cases if case[0] in CORRUPT_AS_PROCESS]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(run, cases))
-    for (name, _, _, file), proc in zip(cases, results, strict=True):
-        assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
-        assert file in proc.stderr and "Traceback" not in proc.stderr, f"{name}: {proc.stderr[-2000:]}"
+        outcomes = list(pool.map(lambda case: as_process(*case[:3]), also))
+    results += [(f"{case[0]} (a process)", case[3], outcome) for case, outcome in zip(also, outcomes, strict=True)]
+    for name, file, (code, stderr) in results:
+        assert code == 2, f"{name}: exit {code}\n{stderr[-2000:]}"
+        assert file in stderr and "Traceback" not in stderr, f"{name}: {stderr[-2000:]}"
