@@ -38,6 +38,22 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def run_in_process(args: list[str], capsys) -> tuple[int, str]:
+    """The CLI's main() in this process, as the `dimcl` command runs it: (exit code, stderr)."""
+    capsys.readouterr()
+    try:
+        code = cli.main(args)
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+def run_as_process(args: list[str]) -> tuple[int, str]:
+    """A real `dimcl` process: (exit code, stderr)."""
+    proc = subprocess.run([DIMCL, *args], capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_fashion_mnist, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished")
@@ -118,20 +134,9 @@ def test_bad_inputs_exit_2_with_a_clear_message_and_touch_nothing(tiny_fashion_m
     guard.write_text("the user's own file\n")
     before = {"out": snapshot(tmp_path / "out"), "finished": snapshot(finished_run)}
 
-    def in_process(args: list[str]) -> tuple[int, str]:
-        capsys.readouterr()
-        try:
-            code = cli.main(args)
-        except SystemExit as stop:  # argparse's own errors
-            code = stop.code
-        return code, capsys.readouterr().err
-
-    def as_process(args: list[str]) -> tuple[int, str]:
-        proc = subprocess.run([DIMCL, *args], capture_output=True, text=True, timeout=300)
-        return proc.returncode, proc.stderr
-
-    results = [(name, needle, in_process(args)) for name, args, needle in cases]
-    results += [(f"{name} (a process)", needle, as_process(args)) for name, args, needle in cases if name in AS_PROCESS]
+    results = [(name, needle, run_in_process(args, capsys)) for name, args, needle in cases]
+    results += [(f"{name} (a process)", needle, run_as_process(args)) for name, args, needle in cases
+                if name in AS_PROCESS]
     for name, needle, (code, stderr) in results:
         assert code == 2, f"{name}: exit {code}\n{stderr[-2000:]}"
         assert needle in stderr, f"{name}: {needle!r} not in {stderr!r}"
@@ -602,20 +607,10 @@ def test_corrupt_dataset_files_are_a_clear_error_naming_the_file(tmp_path, capsy
         return ["pretrain", "-o", str(tmp_path / "out" / name.replace(" ", "_")), f"data.name={dataset}",
                 f"data.root={root}", "backbone.name=small_cnn", *QUICK]
 
-    def in_process(name: str, dataset: str, root: Path) -> tuple[int, str]:
-        capsys.readouterr()
-        code = cli.main(args(name, dataset, root))
-        return code, capsys.readouterr().err
-
-    def as_process(name: str, dataset: str, root: Path) -> tuple[int, str]:
-        proc = subprocess.run([DIMCL, *args(name + " process", dataset, root)], capture_output=True, text=True,
-                              timeout=300)
-        return proc.returncode, proc.stderr
-
-    results = [(name, file, in_process(name, dataset, root)) for name, dataset, root, file in cases]
+    results = [(name, file, run_in_process(args(name, dataset, root), capsys)) for name, dataset, root, file in cases]
     also = [case for case in cases if case[0] in CORRUPT_AS_PROCESS]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(lambda case: as_process(*case[:3]), also))
+        outcomes = list(pool.map(lambda case: run_as_process(args(case[0] + " process", *case[1:3])), also))
     results += [(f"{case[0]} (a process)", case[3], outcome) for case, outcome in zip(also, outcomes, strict=True)]
     for name, file, (code, stderr) in results:
         assert code == 2, f"{name}: exit {code}\n{stderr[-2000:]}"
