@@ -103,3 +103,29 @@ def test_bad_input_is_a_clear_error(tmp_path, data, capsys):
     assert main(["baselines", "-c", "fashion_mnist/byol", "-o", str(tmp_path), "data.val_size=-3"]) == 2
     assert "data.val_size" in capsys.readouterr().err
     assert not (tmp_path / "baselines.json").exists()
+
+
+def test_skip_existing_computes_only_the_missing_seeds(tmp_path, data, capsys, monkeypatch):
+    out = tmp_path / "sweep"
+    cfg = cfg_of(data, "trainer.max_epochs=1")
+    protocol = protocol_of(cfg)
+    # seed 0 complete, seed 1 without its supervised ceiling, seed 2 absent; one record of another protocol
+    write_baselines(out, {"seed": 0, "protocol": protocol, "raw_pixels": {"knn_top1": 1.0}, "supervised": {}})
+    write_baselines(out, {"seed": 1, "protocol": protocol, "raw_pixels": {"knn_top1": 1.0}})
+    write_baselines(out, {"seed": 2, "protocol": {**protocol, "data.eval_subset": 50}, "supervised": {}})
+    computed = []
+
+    def fake(cfg, device="cpu", supervised=True, log=print):
+        computed.append((cfg.seed, supervised))
+        return {"seed": cfg.seed, "protocol": protocol_of(cfg), "raw_pixels": {"knn_top1": 2.0}, "supervised": {}}
+
+    monkeypatch.setattr("dimcl.baselines.baselines", fake)
+    args = ["baselines", "-c", "fashion_mnist/byol", "-o", str(out), "--seeds", "0,1,2", "trainer.max_epochs=1",
+            f"data.root={data}", *SMALL]
+    assert main([*args, "--skip-existing"]) == 0
+    assert computed == [(1, True), (2, True)]
+    assert "seed 0: already in" in capsys.readouterr().out
+    assert main([*args, "--skip-existing"]) == 0 and len(computed) == 2  # all there now: nothing to do
+    assert main([*args, "--skip-existing", "--no-supervised"]) == 0 and len(computed) == 2
+    assert main(args) == 0 and computed[2:] == [(0, True), (1, True), (2, True)]  # without it: every seed again
+    assert [r["raw_pixels"]["knn_top1"] for r in read_baselines(out) if r["protocol"] == protocol] == [2.0] * 3

@@ -136,6 +136,16 @@ def read_baselines(folder: str | Path) -> list[dict[str, Any]]:
     return list(data.get("records", [])) if isinstance(data, dict) else []
 
 
+def has_baselines(folder: str | Path, cfg: Config, supervised: bool = True) -> bool:
+    """Whether ``folder/baselines.json`` holds the record of ``cfg``'s seed and protocol (with its supervised
+    ceiling when ``supervised``), i.e. whether :func:`baselines` would only recompute it."""
+    protocol = protocol_of(cfg)
+    return any(
+        r.get("seed") == cfg.seed and r.get("protocol") == protocol and (not supervised or "supervised" in r)
+        for r in read_baselines(folder)
+    )
+
+
 def write_baselines(folder: str | Path, record: dict[str, Any]) -> Path:
     """Add ``record`` to ``folder/baselines.json``, replacing one of the same seed and protocol."""
     folder = Path(folder)

@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from dimcl.config import ConfigError
@@ -70,13 +71,16 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from dimcl.baselines import baselines, write_baselines
+    from dimcl.baselines import baselines, has_baselines, write_baselines
     from dimcl.recipes import load_config, resolve_recipe
 
     path = resolve_recipe(args.config) if args.config else None
     cfg = load_config(path, args.overrides)
     for seed in args.seeds or [cfg.seed]:
         cfg.seed = seed
+        if args.skip_existing and has_baselines(args.out, cfg, supervised=not args.no_supervised):
+            print(f"seed {seed}: already in {Path(args.out) / 'baselines.json'} for this protocol, skipped")
+            continue
         record = baselines(cfg, device=args.device, supervised=not args.no_supervised)
         written = write_baselines(args.out, record)
         print(json.dumps({k: v for k, v in record.items() if k != "protocol"}, indent=2))
@@ -208,6 +212,9 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("--seeds", type=_seed_list, metavar="S,S,...",
                    help="comma-separated seeds to compute, e.g. 0,1,2 (default: the config's seed)")
     p.add_argument("--no-supervised", action="store_true", help="only the floors (skip the supervised training)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip the seeds whose record of this protocol OUT/baselines.json already holds (with the "
+                   "supervised ceiling unless --no-supervised), so an interrupted or partial call can be finished")
     p.add_argument("--device", default="cpu")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_cmd_baselines)

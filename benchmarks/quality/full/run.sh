@@ -17,5 +17,5 @@ for k in 1 2; do
 done
 wait
 # Floors and ceiling of the same protocol (full splits, the same epochs), one record per seed.
-"$DIMCL" baselines -c fashion_mnist/byol -o "$OUT" --seeds 0,1,2 "trainer.max_epochs=$EPOCHS" > "$HERE/baselines.log" 2>&1
+"$DIMCL" baselines -c fashion_mnist/byol -o "$OUT" --seeds 0,1,2 --skip-existing "trainer.max_epochs=$EPOCHS" > "$HERE/baselines.log" 2>&1
 "$DIMCL" report "$OUT" --out "$HERE/report.md"
