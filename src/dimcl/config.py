@@ -527,14 +527,18 @@ RUN_ONLY_KEYS = frozenset({
 RESUMABLE_KEYS = RUN_ONLY_KEYS | {"trainer.max_epochs"}
 
 
+def flatten_with_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys of a saved config, every key it lacks at its default: a config saved before the key
+    existed describes the same experiment as one with the key at its default (a new key's default keeps the
+    old behaviour)."""
+    return {**flatten_config(Config().to_dict()), **flatten_config(mapping)}
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, old value, new value) for every dotted key whose value differs.
 
-    A key that one side lacks counts as the default value: a config saved before the key existed
-    describes the same experiment as one with the key at its default.
+    A key that one side lacks counts as the default value (:func:`flatten_with_defaults`).
     """
-    defaults = flatten_config(Config().to_dict())
-    flat_old = {**defaults, **flatten_config(old)}
-    flat_new = {**defaults, **flatten_config(new)}
+    flat_old, flat_new = flatten_with_defaults(old), flatten_with_defaults(new)
     keys = sorted(set(flat_old) | set(flat_new))
     return [(k, flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)]

@@ -165,3 +165,28 @@ def test_unfinished_runs_are_left_out_unless_asked(sweep, tmp_path):
     markdown = build_report(sweep, tmp_path / "r2.md", include_unfinished=True)
     # its own configuration (another max_epochs), with its last epoch's kNN
     assert "10 run(s)" in markdown and "5 configuration(s)" in markdown and "| 99.00 |" in markdown
+
+
+def test_a_config_saved_before_a_key_existed_groups_with_one_at_its_default(tmp_path):
+    """Runs of an older dimcl lack the keys added since (multi-crop, wandb, ...): the report reads a missing key
+    as its default, as resuming does, so they pair with newer runs of the same experiment."""
+    import yaml
+
+    root = tmp_path / "sweep"
+    make_run(root / "old" / "base", "simclr", 0, 0, [60])
+    make_run(root / "old" / "dimcl", "simclr", 0.1, 0, [62])
+    for run in ("base", "dimcl"):  # as dimcl wrote them before these keys existed
+        path = root / "old" / run / "config.yaml"
+        saved = yaml.safe_load(path.read_text())
+        del saved["augment"]["num_local_crops"], saved["augment"]["local_crop_scale"], saved["dimcl"]["local_pairs"]
+        path.write_text(yaml.safe_dump(saved))
+    make_run(root / "new" / "base", "simclr", 0, 1, [64])
+    make_run(root / "new" / "dimcl", "simclr", 0.1, 1, [65])
+    make_run(root / "multicrop" / "base", "simclr", 0, 2, [70], extra=["augment.num_local_crops=2"])
+    groups = group_runs(load_runs(root)[0])
+    assert [(g.dimcl_weight, [r.seed for r in g.runs]) for g in groups if g.config["augment.num_local_crops"] == 0] == [
+        (0.0, [0, 1]), (0.1, [0, 1])
+    ]
+    assert len(groups) == 3  # the multi-crop run is another experiment
+    knn = {(c.method, c.figure): c for c in compare_groups(groups)}["simclr", "knn_top1"]
+    assert knn.seeds == [0, 1] and knn.differences == pytest.approx([2.0, 1.0])

@@ -3,7 +3,8 @@
 Only what run directories hold is read: ``config.yaml``, ``metrics.jsonl`` and, when present,
 ``knn.json``, ``linear.json`` and ``diversity.json``; and the folder's ``baselines.json`` (floors and
 ceiling, ``dimcl baselines``) when it has one. Runs are grouped by their configuration without
-``seed`` and without the keys that do not change the experiment (:data:`IGNORED_KEYS`). For every group
+``seed`` and without the keys that do not change the experiment (:data:`IGNORED_KEYS`); a key missing from
+a config saved by an older dimcl counts as its default, as when a run is resumed. For every group
 the report gives mean ± sample standard deviation over seeds; for every +DimCL group (λ > 0) with a
 matching baseline (λ = 0, same configuration apart from ``dimcl.*``) it gives the paired difference
 over seeds, ``d_s = figure(+DimCL, seed s) - figure(base, seed s)``, with the 95% confidence interval
@@ -23,7 +24,7 @@ import yaml
 
 from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import read_baselines
-from dimcl.config import RUN_ONLY_KEYS, flatten_config
+from dimcl.config import RUN_ONLY_KEYS, flatten_with_defaults
 from dimcl.eval import EVALUATIONS
 from dimcl.run_dir import BASELINES, CONFIG, METRICS, reached_max_epochs, read_metrics, read_result
 
@@ -112,8 +113,9 @@ def paired_interval(differences: list[float]) -> tuple[float, tuple[float, float
 
 
 def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys (:func:`dimcl.config.flatten_config`) with lists made tuples, so values are hashable."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten_config(mapping).items()}
+    """Dotted keys with lists made tuples, so values are hashable; the keys a config saved by an older dimcl
+    lacks at their defaults (:func:`dimcl.config.flatten_with_defaults`), so its runs group with newer ones."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten_with_defaults(mapping).items()}
 
 
 @dataclass
