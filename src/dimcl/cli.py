@@ -73,13 +73,14 @@ def _seed_list(text: str) -> list[int]:
 def _cmd_baselines(args: argparse.Namespace) -> int:
     from dimcl.baselines import baselines, has_baselines, write_baselines
     from dimcl.recipes import load_config, resolve_recipe
+    from dimcl.run_dir import BASELINES
 
     path = resolve_recipe(args.config) if args.config else None
     cfg = load_config(path, args.overrides)
     for seed in args.seeds or [cfg.seed]:
         cfg.seed = seed
         if args.skip_existing and has_baselines(args.out, cfg, supervised=not args.no_supervised):
-            print(f"seed {seed}: already in {Path(args.out) / 'baselines.json'} for this protocol, skipped")
+            print(f"seed {seed}: already in {Path(args.out) / BASELINES} for this protocol, skipped")
             continue
         record = baselines(cfg, device=args.device, supervised=not args.no_supervised)
         written = write_baselines(args.out, record)
