@@ -112,6 +112,18 @@ def test_sweep_runs_skips_and_resumes(tmp_path, tiny_fashion_mnist):
     assert (interrupted / BACKBONE).is_file() and [r["epoch"] for r in read_metrics(interrupted)] == [1]
     assert (interrupted / CHECKPOINT).is_file()
 
+    # A fresh clone of a study holds a finished cell's records, not its weights: it stays finished.
+    records_only = out / names[0]
+    (records_only / BACKBONE).unlink()
+    shutil.rmtree(records_only / CHECKPOINT.parent)
+    assert run_sweep(grid, out, dry_run=True, log=None)[0]["status"] == "skipped"
+    fourth = run_sweep(grid, out, log=None)
+    assert fourth[0]["status"] == "skipped" and fourth[0]["knn_top1"] == first[0]["knn_top1"]
+    assert not (records_only / BACKBONE).exists()
+    # Without an evaluation the grid asks for (and no weights to run it on), the cell is trained again.
+    (records_only / "linear.json").unlink()
+    assert run_sweep(grid, out, dry_run=True, log=None)[0]["status"] == "would train"
+
     # A finished run is not reused for a cell with other settings.
     other = write_grid(tmp_path / "other.yaml", recipe="fashion_mnist/byol",
                        overrides=[*TINY_RUN, f"data.root={tiny_fashion_mnist}", "trainer.max_epochs=1",

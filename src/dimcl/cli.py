@@ -235,7 +235,9 @@ def _add_sweeps_and_outputs(sub: Any) -> None:
     """``sweep``, ``report``, ``export``, ``list`` and ``demo``."""
     p = sub.add_parser("sweep", help="run a grid of configurations, resumably",
                        description="Runs every cell of a grid file one after another, each a normal run "
-                       "directory; finished cells are skipped and interrupted ones resumed.")
+                       "directory; finished cells are skipped and interrupted ones resumed. A cell whose records "
+                       "are complete (metrics up to max_epochs, the grid's evaluations) counts as finished "
+                       "without its weights, as in a fresh clone of a committed study.")
     p.add_argument("grid", nargs="?", help="the grid YAML file (or --grid)")
     p.add_argument("--grid", dest="grid_option", metavar="GRID", help="the grid YAML file")
     p.add_argument("--out", "-o", required=True, help="the sweep folder")

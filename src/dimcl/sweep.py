@@ -50,7 +50,16 @@ from dimcl.eval.diversity import diagnose_run
 from dimcl.eval.linear import linear_of_run
 from dimcl.files import write_atomic
 from dimcl.recipes import load_config, resolve_recipe
-from dimcl.run_dir import CONFIG, DIVERSITY, LINEAR, hold_run_dir, read_metrics, read_result, run_state
+from dimcl.run_dir import (
+    CONFIG,
+    DIVERSITY,
+    LINEAR,
+    hold_run_dir,
+    reached_max_epochs,
+    read_metrics,
+    read_result,
+    run_state,
+)
 from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted, pretrain
 
 __all__ = [
@@ -217,6 +226,19 @@ def _check_same_experiment(name: str, cfg: Config, run_dir: Path) -> None:
         )
 
 
+def _cell_state(spec: SweepSpec, cfg: Config, run_dir: Path) -> str:
+    """:func:`run_state`, except that a cell whose records are complete counts as finished without its
+    weights: its metrics reach ``max_epochs`` and it holds every evaluation the grid asks for. That is a
+    finished cell committed by another machine (records travel with the repository, weights do not); a
+    study resumed on a new machine must not train it again."""
+    state = run_state(run_dir, cfg.trainer.max_epochs)
+    if state == "new" and reached_max_epochs(read_metrics(run_dir), cfg.trainer.max_epochs):
+        wanted = [LINEAR] * spec.linear + [DIVERSITY] * spec.diagnose
+        if all((run_dir / name).is_file() for name in wanted):
+            return "finished"
+    return state
+
+
 def _eval_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -347,7 +369,7 @@ def run_sweep(
     states, results = [], []
     for name, cfg, cell in planned:
         run_dir = out_dir / name
-        state = run_state(run_dir, cfg.trainer.max_epochs)
+        state = _cell_state(spec, cfg, run_dir)
         if state != "new":
             _check_same_experiment(name, cfg, run_dir)
         states.append(state)
