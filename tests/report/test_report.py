@@ -12,6 +12,7 @@ from dimcl.recipes import load_config, resolve_recipe
 from dimcl.report import build_report
 from dimcl.report.report import (
     Run,
+    _epoch_figure,
     compare_groups,
     group_runs,
     load_runs,
@@ -134,6 +135,28 @@ def test_report_markdown_and_plots(sweep, tmp_path):
         assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in markdown
     assert not (out.parent / "effective_rank_simclr.png").exists()  # no per-epoch rank in those metrics
+
+
+def test_the_legend_sits_under_the_axes_however_many_lines(tmp_path):
+    # Nine BYOL configurations, as an ablation grid has: their long labels used to cover the lowest line.
+    settings = [["dimcl.weight=0"], *[[f"dimcl.weight={w}"] for w in (0.05, 0.1, 0.2, 0.4)],
+                *[["dimcl.weight=0.1", f"dimcl.temperature={t}"] for t in (0.05, 0.2, 0.5)],
+                ["dimcl.weight=0.1", "dimcl.hardness_aware=false"]]
+    for i, extra in enumerate(settings):
+        weight = extra[0].split("=")[1]
+        make_run(tmp_path / f"r{i}", "byol", weight, 0, [50 + i, 60 + i, 70 - i], extra=extra[1:])
+    groups = group_runs(load_runs(tmp_path)[0])
+    assert len(groups) == 9
+    figure = _epoch_figure(groups, "knn_top1", "kNN top-1 (%)", "byol")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    (legend,) = figure.legends
+    assert len(legend.get_texts()) == 9
+    axes_box = figure.axes[0].get_tightbbox(renderer)  # the axes with their tick labels and axis labels
+    legend_box = legend.get_window_extent(renderer)
+    assert legend_box.y1 <= axes_box.y0  # wholly below the axes: no line is hidden
+    assert legend_box.y0 >= 0 and legend_box.x0 >= 0 and legend_box.x1 <= figure.bbox.width  # and on the page
+    assert _epoch_figure(groups, "no_such_key", "", "") is None
 
 
 def test_default_location_and_empty_folder(sweep, tmp_path):

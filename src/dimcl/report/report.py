@@ -335,8 +335,9 @@ def _epoch_curve(group: Group, key: str) -> tuple[list[int], list[float], list[f
     return epochs, [m for m, _ in stats], [s or 0.0 for _, s in stats]
 
 
-def _plot(groups: list[Group], key: str, ylabel: str, title: str, path: Path) -> bool:
-    """One line per group (dashed: baseline, solid: +DimCL), a band of ± std over seeds; False if no data."""
+def _epoch_figure(groups: list[Group], key: str, ylabel: str, title: str):
+    """One line per group (dashed: baseline, solid: +DimCL), a band of ± std over seeds, the legend under
+    the axes so that it never hides a line; None if no group has the figure per epoch."""
     # The object-oriented API with the Agg canvas: no pyplot, no global backend switch for the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -345,8 +346,9 @@ def _plot(groups: list[Group], key: str, ylabel: str, title: str, path: Path) ->
     curves = [(g, *_epoch_curve(g, key)) for g in groups]
     curves = [c for c in curves if c[1]]
     if not curves:
-        return False
-    figure = Figure(figsize=(6.4, 4.2), layout="constrained")  # room for the legend, whatever its length
+        return None
+    # The axes keep their height; each legend entry adds a line of small text (~0.2 in) below them.
+    figure = Figure(figsize=(6.4, 3.6 + 0.2 * len(curves)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for group, epochs, means, stds in curves:
@@ -364,7 +366,15 @@ def _plot(groups: list[Group], key: str, ylabel: str, title: str, path: Path) ->
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    figure.legend(loc="outside lower center", fontsize="small")
+    return figure
+
+
+def _plot(groups: list[Group], key: str, ylabel: str, title: str, path: Path) -> bool:
+    """Write the per-epoch figure of ``key`` to ``path``; False (and no file) if there is no data."""
+    figure = _epoch_figure(groups, key, ylabel, title)
+    if figure is None:
+        return False
     figure.savefig(path, dpi=120)
     return True
 
