@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -27,6 +27,9 @@ from dimcl.baselines import read_baselines
 from dimcl.config import RUN_ONLY_KEYS, flatten_with_defaults
 from dimcl.eval import EVALUATIONS
 from dimcl.run_dir import BASELINES, CONFIG, METRICS, reached_max_epochs, read_metrics, read_result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "Comparison",
@@ -335,7 +338,7 @@ def _epoch_curve(group: Group, key: str) -> tuple[list[int], list[float], list[f
     return epochs, [m for m, _ in stats], [s or 0.0 for _, s in stats]
 
 
-def _epoch_figure(groups: list[Group], key: str, ylabel: str, title: str):
+def _epoch_figure(groups: list[Group], key: str, ylabel: str, title: str) -> Figure | None:
     """One line per group (dashed: baseline, solid: +DimCL), a band of ± std over seeds, the legend under
     the axes so that it never hides a line; None if no group has the figure per epoch."""
     # The object-oriented API with the Agg canvas: no pyplot, no global backend switch for the caller.
