@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from dimcl.errors import BadInputError
 from dimcl.files import failed_write, temporary_sibling, write_atomic
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInputError):
     """A checkpoint that is missing, truncated, foreign or unsafe to load."""
 
 

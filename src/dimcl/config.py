@@ -20,12 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
+from dimcl.errors import ConfigError
 from dimcl.files import write_atomic
 from dimcl.names import did_you_mean
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; its message names the key, the value and what is accepted."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from dimcl.errors import BadInputError
 from dimcl.names import did_you_mean
 
 SPLITS = ("pretrain", "train", "eval")
@@ -63,7 +64,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(BadInputError):
     """A dataset that cannot be used as given: bad name, split, subset, or a corrupt file."""
 
 
