@@ -1,20 +1,14 @@
-"""Datasets by name and the augmented views self-supervised methods train on."""
+"""Datasets by name (the registry in :mod:`dimcl.data.datasets`, one reader per format in
+:mod:`dimcl.data.formats`), a run's splits (:func:`run_splits`) and the augmented views self-supervised
+methods train on."""
 
-from dimcl.data.datasets import (
-    DATASETS,
-    ON_BAD_IMAGE,
-    SPLITS,
-    BadImageError,
-    DatasetError,
-    DatasetInfo,
-    DatasetNotFoundError,
-    ImageFolderDataset,
-    TensorImageDataset,
-    bad_image_count,
-    build_dataset,
-    dataset_info,
-    labels_of,
-)
+from dimcl.data.datasets import DATASETS, build_dataset, dataset_info
+from dimcl.data.errors import BadImageError, DatasetError, DatasetNotFoundError
+from dimcl.data.formats.imagefolder import ON_BAD_IMAGE, ImageFolderDataset
+from dimcl.data.in_memory import TensorImageDataset
+from dimcl.data.info import SPLITS, DatasetInfo
+from dimcl.data.splits import RunSplits, run_splits
+from dimcl.data.subsets import bad_image_count, labels_of
 from dimcl.data.view_config import ViewConfig, byol_view_configs
 from dimcl.data.views import EvalTransform, MultiViewTransform, ViewTransform, build_view_transform, eval_transform
 
@@ -30,6 +24,7 @@ __all__ = [
     "EvalTransform",
     "ImageFolderDataset",
     "MultiViewTransform",
+    "RunSplits",
     "TensorImageDataset",
     "ViewConfig",
     "ViewTransform",
@@ -39,4 +34,5 @@ __all__ = [
     "dataset_info",
     "eval_transform",
     "labels_of",
+    "run_splits",
 ]

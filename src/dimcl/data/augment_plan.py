@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from dimcl.data.datasets import DatasetInfo
 from dimcl.data.image_ops import device_constant
+from dimcl.data.info import DatasetInfo
 from dimcl.data.view_config import ViewConfig
 
 #: (area, aspect ratio) pairs tried for a random crop, as torchvision's RandomResizedCrop, before its fallback

@@ -57,7 +57,6 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
 from dimcl.data.augment_plan import PlannedView, RandomColumns, batch_gaussian_weights, scaled
-from dimcl.data.datasets import DatasetInfo
 from dimcl.data.image_ops import (
     as_image_tensor,
     device_constant,
@@ -68,10 +67,8 @@ from dimcl.data.image_ops import (
     rgb_from_hue,
     solarize,
 )
+from dimcl.data.info import DatasetInfo
 from dimcl.data.view_config import ViewConfig
-
-#: Datasets whose images come in varying sizes; the loader resizes them to one size (see RawImageTransform).
-VARIABLE_SIZE_DATASETS = frozenset({"imagefolder"})
 
 
 @dataclass
@@ -288,7 +285,7 @@ def raw_image_transform(info: DatasetInfo, crop_size: int | None = None) -> RawI
     ImageNet resize, as :class:`~dimcl.data.views.EvalTransform`'s), so a full-image crop is slightly
     shrunk, as with the loader path on large photos.
     """
-    if info.name not in VARIABLE_SIZE_DATASETS:
+    if not info.variable_size:
         return RawImageTransform(info)
     crop = crop_size if crop_size is not None else info.image_size
     return RawImageTransform(info, resized_side(crop))

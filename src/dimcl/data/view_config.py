@@ -1,4 +1,5 @@
-"""What one augmented view asks for (:class:`ViewConfig`), and the two BYOL views of a dataset.
+"""What one augmented view asks for (:class:`ViewConfig`), the two BYOL views of a dataset, and a recipe's
+``augment.*`` section laid over them (:func:`view_configs`).
 
 A config is the user's description. :class:`~dimcl.data.augment_plan.AugmentPlan` resolves it for a
 dataset, and the per-image (:mod:`dimcl.data.views`) and per-batch (:mod:`dimcl.data.device_views`)
@@ -10,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from dimcl.data.datasets import DatasetInfo
+from dimcl.config import AugmentConfig
+from dimcl.data.info import DatasetInfo
+from dimcl.errors import ConfigError
 
 
 @dataclass
@@ -42,31 +45,31 @@ class ViewConfig:
         self.crop_ratio = tuple(float(v) for v in self.crop_ratio)  # type: ignore[assignment]
         self.blur_sigma = tuple(float(v) for v in self.blur_sigma)  # type: ignore[assignment]
         if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, int) or self.crop_size < 1:
-            raise ValueError(f"view crop_size must be a positive number of pixels, got {self.crop_size!r}.")
+            raise ConfigError(f"view crop_size must be a positive number of pixels, got {self.crop_size!r}.")
         lo, hi = _pair("crop_scale", self.crop_scale)
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"view crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale}.")
+            raise ConfigError(f"view crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale}.")
         lo, hi = _pair("crop_ratio", self.crop_ratio)
         if not 0 < lo <= hi:
-            raise ValueError(f"view crop_ratio must be (min, max) with 0 < min <= max, got {self.crop_ratio}.")
+            raise ConfigError(f"view crop_ratio must be (min, max) with 0 < min <= max, got {self.crop_ratio}.")
         lo, hi = _pair("blur_sigma", self.blur_sigma)
         if not 0 < lo <= hi:
-            raise ValueError(f"view blur_sigma must be (min, max) with 0 < min <= max, got {self.blur_sigma}.")
+            raise ConfigError(f"view blur_sigma must be (min, max) with 0 < min <= max, got {self.blur_sigma}.")
         probabilities = ("horizontal_flip", "color_jitter_prob", "grayscale_prob", "gaussian_blur_prob")
         for name in (*probabilities, "solarization_prob"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
-                raise ValueError(f"view {name} is a probability and must lie in [0, 1], got {value}.")
+                raise ConfigError(f"view {name} is a probability and must lie in [0, 1], got {value}.")
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) < 0:
-                raise ValueError(f"view {name} must be >= 0 (0 turns it off), got {getattr(self, name)}.")
+                raise ConfigError(f"view {name} must be >= 0 (0 turns it off), got {getattr(self, name)}.")
         if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"view hue must lie in [0, 0.5] (0 turns it off), got {self.hue}.")
+            raise ConfigError(f"view hue must lie in [0, 0.5] (0 turns it off), got {self.hue}.")
 
 
 def _pair(name: str, value: tuple[float, ...]) -> tuple[float, float]:
     if len(value) != 2:
-        raise ValueError(f"view {name} must be two numbers (min, max), got {value}.")
+        raise ConfigError(f"view {name} must be two numbers (min, max), got {value}.")
     return value[0], value[1]
 
 
@@ -114,3 +117,26 @@ def with_local_views(
     last = global_views[-1]
     local = dataclasses.replace(last, crop_size=local_crop_side(last.crop_size, size), crop_scale=tuple(scale))
     return [*global_views, *(dataclasses.replace(local) for _ in range(count))]
+
+
+def crop_size_of(augment: AugmentConfig, info: DatasetInfo) -> int:
+    """The side of the global views: ``augment.crop_size``, or the dataset's image size."""
+    return augment.crop_size or info.image_size
+
+
+def view_configs(augment: AugmentConfig, info: DatasetInfo) -> list[ViewConfig]:
+    """The dataset's two BYOL views with the recipe's ``augment.*`` values laid over them, then
+    ``augment.num_local_crops`` multi-crop local views (none by default)."""
+    views = byol_view_configs(info, augment.crop_size)
+    for f in dataclasses.fields(augment):
+        value = getattr(augment, f.name)
+        if value is None or f.name in ("crop_size", "num_local_crops", "local_crop_size", "local_crop_scale"):
+            continue
+        if f.name == "crop_scale":
+            views = [dataclasses.replace(v, crop_scale=tuple(value)) for v in views]
+            continue
+        per_view = value if isinstance(value, list) else [value] * len(views)
+        if len(per_view) == 1:
+            per_view = per_view * len(views)
+        views = [dataclasses.replace(v, **{f.name: x}) for v, x in zip(views, per_view, strict=True)]
+    return with_local_views(views, augment.num_local_crops, augment.local_crop_size, tuple(augment.local_crop_scale))

@@ -32,7 +32,6 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
 from dimcl.data.augment_plan import PlannedView, RandomColumns, gaussian_weights, scaled
-from dimcl.data.datasets import DatasetInfo
 from dimcl.data.image_ops import (
     as_image_tensor,
     luma,
@@ -42,6 +41,7 @@ from dimcl.data.image_ops import (
     rgb_from_hue,
     solarize,
 )
+from dimcl.data.info import DatasetInfo
 from dimcl.data.view_config import ViewConfig, byol_view_configs
 
 __all__ = [

@@ -1,0 +1,161 @@
+"""A run's images: ``cfg.data`` (with the run's ``seed`` and ``augment`` section) in, its splits out.
+
+:func:`run_splits` is the one call: the pretraining images with their training views, the labelled
+training split (kNN bank, linear-probe training set) and the evaluation split (the test split, or with
+``data.val_size`` images held out from the training split), each with its labels. A split is opened, and
+so checked, only when asked for: an offline evaluation never reads the pretraining images.
+
+Which images each split holds:
+
+- ``data.val_size = V > 0`` holds out V images of the labelled training split, drawn with
+  :data:`VALIDATION_SEED` whatever the run's seed. The training split and the pretraining split lose them
+  (the pretraining split starts with the labelled training images, see :mod:`dimcl.data.datasets`), and
+  the held-out images become the evaluation split.
+- ``data.subset`` keeps a seeded subset (the run's seed) of the pretraining images that remain.
+- ``data.eval_subset`` keeps a seeded subset of each of the labelled and the evaluation split; one
+  larger than a split means the whole split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from dimcl.config import AugmentConfig, Config, DataConfig
+from dimcl.data.datasets import build_dataset, dataset_info
+from dimcl.data.device_views import BatchMultiView, build_batch_views, raw_image_transform
+from dimcl.data.info import DatasetInfo
+from dimcl.data.subsets import labels_of, seeded_subset
+from dimcl.data.view_config import ViewConfig, crop_size_of, view_configs
+from dimcl.data.views import MultiViewTransform, build_view_transform, eval_transform
+from dimcl.errors import ConfigError
+
+Transform = Callable[[Any], Any]
+
+#: data.val_size draws its held-out images with this seed, whatever the run's seed: runs of every seed
+#: are tuned and compared on the same validation images
+VALIDATION_SEED = 2023
+
+
+def validation_split(num_train: int, val_size: int) -> tuple[list[int], list[int]]:
+    """``(kept, held_out)`` indices of a labelled training split of ``num_train`` images (each sorted)."""
+    if val_size >= num_train:
+        raise ConfigError(
+            f"data.val_size={val_size} holds out the whole training split ({num_train} images); keep it below "
+            f"{num_train}, or 0 to evaluate on the test split"
+        )
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[val_size:].sort().values.tolist(), order[:val_size].sort().values.tolist()
+
+
+def _seeded_subset_of(dataset: Dataset, size: int | None, seed: int, key: str) -> Dataset:
+    if size is None:
+        return dataset
+    if size > len(dataset):
+        raise ConfigError(
+            f"{key}={size} is larger than the {len(dataset)} images it is drawn from; lower it or set it to null"
+        )
+    return seeded_subset(dataset, size, seed)
+
+
+def _labelled_prefix(pretrain_split: Dataset) -> int:
+    """How many images the labelled training split has: the labelled images that open the pretraining split
+    (read from the labels, without decoding or opening the training split a second time)."""
+    labels = labels_of(pretrain_split)
+    count = 0 if labels is None else int((labels >= 0).sum())
+    if labels is not None and not bool((labels[:count] >= 0).all()):
+        raise ConfigError(
+            "data.val_size needs a pretraining split that starts with the labelled training images; this "
+            "dataset's labelled images are not all at its start. Set data.val_size=0."
+        )
+    return count
+
+
+@dataclass(frozen=True)
+class RunSplits:
+    """The splits of one run, from its ``data`` and ``augment`` sections and its ``seed`` (see the module
+    docstring); build it with :func:`run_splits`."""
+
+    data: DataConfig
+    augment: AugmentConfig
+    seed: int
+
+    @property
+    def info(self) -> DatasetInfo:
+        return dataset_info(self.data.name)
+
+    @property
+    def crop_size(self) -> int:
+        """The side of the global views and of the evaluation images."""
+        return crop_size_of(self.augment, self.info)
+
+    @property
+    def views(self) -> list[ViewConfig]:
+        """The training views: the dataset's BYOL views with ``augment.*`` laid over them."""
+        return view_configs(self.augment, self.info)
+
+    def _open(self, split: str, transform: Transform | None, **subset: Any) -> Dataset:
+        return build_dataset(self.data.name, self.data.root, split, transform, download=self.data.download,
+                             on_bad_image=self.data.on_bad_image, **subset)
+
+    def pretrain(self, transform: Transform | None = None) -> Dataset:
+        """The images pretraining sees (``data.subset``, minus the ``data.val_size`` hold-out).
+
+        Items are ``(list of views, label)`` with the training views, or ``(uint8 image, label)`` with
+        ``data.augment_on=device`` (the views are then made by :meth:`device_views`); ``transform``
+        replaces either.
+        """
+        if transform is None:
+            transform = self._pretrain_transform()
+        if not self.data.val_size:
+            return self._open("pretrain", transform, subset=self.data.subset, seed=self.seed)
+        full = self._open("pretrain", transform)
+        kept, _ = validation_split(_labelled_prefix(full), self.data.val_size)
+        num_train = len(kept) + self.data.val_size
+        remaining = Subset(full, kept + list(range(num_train, len(full))))
+        return _seeded_subset_of(remaining, self.data.subset, self.seed, "data.subset")
+
+    def _pretrain_transform(self) -> Transform:
+        if self.data.augment_on == "device":
+            return raw_image_transform(self.info, self.crop_size)
+        return MultiViewTransform([build_view_transform(v, self.info) for v in self.views])
+
+    def device_views(self) -> BatchMultiView | None:
+        """With ``data.augment_on=device``, the batched transform: uint8 batch -> list of views; else None."""
+        if self.data.augment_on != "device":
+            return None
+        return build_batch_views(self.views, self.info)
+
+    def labelled(self, transform: Transform | None = None) -> tuple[Dataset, Dataset]:
+        """(labelled training images, evaluation images), with ``transform`` or the deterministic
+        evaluation transform (see the module docstring for which images each holds)."""
+        if transform is None:
+            transform = eval_transform(self.info, self.crop_size)
+        train = self._open("train", transform)
+        if self.data.val_size:
+            kept, held_out = validation_split(len(train), self.data.val_size)
+            train, evaluation = Subset(train, kept), Subset(train, held_out)
+        else:
+            evaluation = self._open("eval", transform)
+        n = self.data.eval_subset
+        # Subsets are drawn from the opened splits: opening them a second time would read the files again.
+        return tuple(d if n is None or n >= len(d) else seeded_subset(d, n, self.seed) for d in (train, evaluation))
+
+    def num_classes(self, dataset: Dataset) -> int | None:
+        """The class count: registered, or read from ``dataset``'s labels (image folders); None if unlabelled."""
+        known = self.info.num_classes
+        if known:
+            return known
+        labels = labels_of(dataset)
+        if labels is None or not (labels >= 0).any():
+            return None
+        return int(labels.max()) + 1
+
+
+def run_splits(cfg: Config) -> RunSplits:
+    """The splits of the run ``cfg`` describes (nothing is opened yet)."""
+    return RunSplits(cfg.data, cfg.augment, cfg.seed)
