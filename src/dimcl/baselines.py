@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from dimcl.build import build_backbone_from_config, build_eval_datasets, num_classes_of
+from dimcl.build import build_backbone_from_config
 from dimcl.config import Config, ConfigError
+from dimcl.data import run_splits
 from dimcl.eval.diversity import diversity_report
 from dimcl.eval.knn import extract_features
 from dimcl.eval.linear import FAST, train_linear_probe
@@ -96,8 +97,9 @@ def baselines(
 ) -> dict[str, Any]:
     """The rows of the module docstring for ``cfg``'s protocol and seed, as one record."""
     say = log or (lambda _: None)
-    datasets = build_eval_datasets(cfg)
-    num_classes = num_classes_of(cfg, datasets[0])
+    splits = run_splits(cfg)
+    datasets = splits.labelled()
+    num_classes = splits.num_classes(datasets[0])
     if not num_classes:
         raise ConfigError(f"baselines need class labels, and the '{cfg.data.name}' training split has none")
     record: dict[str, Any] = {

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dimcl.build import build_eval_datasets
+from dimcl.data import run_splits
 from dimcl.run_dir import DIVERSITY, write_result
 from dimcl.trained import load_trained_method, run_dir_of
 
@@ -178,7 +178,7 @@ def diagnose_run(
     Only ``backbone_*`` figures when the run kept no checkpoint (the projector is not exported).
     """
     method, backbone, cfg = load_trained_method(path)
-    images = fixed_eval_batch(build_eval_datasets(cfg)[1], num_images)
+    images = fixed_eval_batch(run_splits(cfg).labelled()[1], num_images)
     if method is not None:
         result: dict[str, Any] = diagnose(method.to(device), images)
     else:

@@ -16,10 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from dimcl.build import build_eval_datasets
 from dimcl.checkpoint import save_atomic
 from dimcl.config import Config
-from dimcl.data import labels_of
+from dimcl.data import labels_of, run_splits
 from dimcl.eval.knn import extract_features
 
 
@@ -89,11 +88,11 @@ def cached_eval_features(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(train features, train labels, eval features, eval labels)`` of the run's evaluation splits.
 
-    The splits (``datasets``) default to :func:`~dimcl.build.build_eval_datasets` of ``cfg``; the
+    The splits (``datasets``) default to ``run_splits(cfg).labelled()``; the
     features are cached as ``cache_dir/train.pt`` and ``cache_dir/eval.pt``, so kNN and the linear probe
     extract them once.
     """
-    train_set, eval_set = datasets if datasets is not None else build_eval_datasets(cfg)
+    train_set, eval_set = datasets if datasets is not None else run_splits(cfg).labelled()
     cache_dir = Path(cache_dir)
     common = dict(device=device, batch_size=batch_size, num_workers=cfg.data.num_workers)
     train_features, train_labels = cached_features(backbone, train_set, cache_dir / "train.pt", **common)

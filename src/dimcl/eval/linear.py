@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from dimcl.build import build_eval_datasets, crop_size, labelled_splits, num_classes_of
 from dimcl.config import Config, ConfigError
-from dimcl.data import ViewConfig, build_view_transform, dataset_info
+from dimcl.data import ViewConfig, build_view_transform, run_splits
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features
 from dimcl.run_dir import FEATURE_CACHE, LINEAR, write_result
@@ -157,16 +156,16 @@ def train_linear_probe(
 
 
 def _augmented_train_set(cfg: Config) -> Dataset:
-    """The labelled training split (``data.eval_subset`` as in :func:`build_eval_datasets`) with crop + flip."""
-    info = dataset_info(cfg.data.name)
-    size = crop_size(cfg)
+    """The labelled training split (``data.eval_subset`` as in ``run_splits(cfg).labelled()``) with crop + flip."""
+    splits = run_splits(cfg)
+    size = splits.crop_size
     # Random-resized crop and horizontal flip only: no colour jitter, grayscale, blur or solarization.
     view = ViewConfig(
         size, (0.08, 1.0), horizontal_flip=0.5, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
         color_jitter_prob=0.0, grayscale_prob=0.0, gaussian_blur_prob=0.0, solarization_prob=0.0,
     )
-    # The same images (validation hold-out, seeded subset) as build_eval_datasets, so both protocols agree.
-    return labelled_splits(cfg, build_view_transform(view, info))[0]
+    # The same images (validation hold-out, seeded subset) as the evaluation splits, so both protocols agree.
+    return splits.labelled(build_view_transform(view, splits.info))[0]
 
 
 def augmented_linear_eval(
@@ -188,8 +187,9 @@ def augmented_linear_eval(
     ``top5`` on the evaluation split and ``train_top1`` (on the augmented batches, last epoch).
     """
     train_set = _augmented_train_set(cfg)
-    eval_set = build_eval_datasets(cfg)[1]
-    num_classes = num_classes_of(cfg, train_set)
+    splits = run_splits(cfg)
+    eval_set = splits.labelled()[1]
+    num_classes = splits.num_classes(train_set)
     if not num_classes:
         raise ConfigError(f"linear evaluation needs class labels, and the '{cfg.data.name}' training split has none")
     torch.manual_seed(seed)  # the crops are drawn from the global generator (the workers' from the loader's)
@@ -260,8 +260,9 @@ def linear_of_run(
     run = run_dir_of(run_path)
     backbone, cfg = load_trained_backbone(run_path)
     backbone.to(device)
-    train_set, eval_set = build_eval_datasets(cfg)
-    num_classes = num_classes_of(cfg, train_set)
+    splits = run_splits(cfg)
+    train_set, eval_set = splits.labelled()
+    num_classes = splits.num_classes(train_set)
     if not num_classes:
         raise ConfigError(f"linear evaluation needs class labels, and the '{cfg.data.name}' training split has none")
     if protocol == "fast":

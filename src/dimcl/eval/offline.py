@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dimcl.build import build_eval_datasets, num_classes_of
 from dimcl.config import Config, ConfigError
+from dimcl.data import run_splits
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features, weighted_knn
 from dimcl.run_dir import FEATURE_CACHE, KNN, write_result
@@ -48,10 +48,11 @@ def knn_of_backbone(
 ) -> dict[str, Any]:
     """Weighted kNN of ``backbone`` (already on ``device``) on the run's evaluation splits.
 
-    ``datasets`` (bank, evaluation) default to :func:`build_eval_datasets` of ``cfg``.
+    ``datasets`` (bank, evaluation) default to ``run_splits(cfg).labelled()``.
     """
-    bank_set, test_set = datasets if datasets is not None else build_eval_datasets(cfg)
-    num_classes = num_classes or num_classes_of(cfg, bank_set)
+    splits = run_splits(cfg)
+    bank_set, test_set = datasets if datasets is not None else splits.labelled()
+    num_classes = num_classes or splits.num_classes(bank_set)
     if not num_classes:
         raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
     loader_args = dict(batch_size=batch_size, num_workers=cfg.data.num_workers)
@@ -68,8 +69,9 @@ def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     backbone, cfg = load_trained_backbone(path)
     backbone.to(device)
     run = run_dir_of(path)
-    datasets = build_eval_datasets(cfg)
-    num_classes = num_classes_of(cfg, datasets[0])
+    splits = run_splits(cfg)
+    datasets = splits.labelled()
+    num_classes = splits.num_classes(datasets[0])
     if not num_classes:
         raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
     features = cached_eval_features(backbone, cfg, run / FEATURE_CACHE, device, datasets=datasets)

@@ -30,17 +30,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dimcl.build import (
-    backbone_metadata,
-    build_device_views,
-    build_eval_datasets,
-    build_method_from_config,
-    build_pretrain_dataset,
-    num_classes_of,
-)
+from dimcl.build import backbone_metadata, build_method_from_config
 from dimcl.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.config import RESUMABLE_KEYS, Config, ConfigError, config_differences, save_config
-from dimcl.data import bad_image_count
+from dimcl.data import bad_image_count, run_splits
 from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.methods import SSLMethod, cosine_momentum
@@ -357,10 +350,11 @@ def _open_run(cfg: Config, out_dir: Path, resume: bool | str, fabric: Fabric) ->
 
 def _build_data(cfg: Config, fabric: Fabric) -> dict[str, Any]:
     """Open (and so check) all the data before anything is written."""
-    dataset = build_pretrain_dataset(cfg)
-    device_views = build_device_views(cfg)
-    num_classes = num_classes_of(cfg, dataset)
-    eval_sets = build_eval_datasets(cfg) if (cfg.eval.every > 0 or cfg.eval.diagnose) and num_classes else None
+    splits = run_splits(cfg)
+    dataset = splits.pretrain()
+    device_views = splits.device_views()
+    num_classes = splits.num_classes(dataset)
+    eval_sets = splits.labelled() if (cfg.eval.every > 0 or cfg.eval.diagnose) and num_classes else None
     diagnose_batch = None
     if eval_sets is not None and cfg.eval.diagnose:
         diagnose_batch = fixed_eval_batch(eval_sets[1], cfg.eval.diagnose_images)

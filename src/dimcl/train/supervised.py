@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from dimcl.build import build_backbone_from_config, crop_size, pretrain_images, view_configs
+from dimcl.build import build_backbone_from_config
 from dimcl.config import Config, ConfigError
-from dimcl.data import ViewConfig, build_view_transform, dataset_info, labels_of
+from dimcl.data import ViewConfig, build_view_transform, labels_of, run_splits
 from dimcl.train.sampling import epoch_seed
 from dimcl.train.schedules import warmup_cosine
 
@@ -33,9 +33,9 @@ SUPERVISED = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs":
 
 def supervised_view(cfg: Config) -> ViewConfig:
     """Random-resized crop at the recipe's scale and a horizontal flip; every colour operation off."""
-    recipe = view_configs(cfg.augment, dataset_info(cfg.data.name))[0]
+    splits = run_splits(cfg)
     return ViewConfig(
-        crop_size(cfg), recipe.crop_scale, horizontal_flip=0.5, brightness=0.0, contrast=0.0, saturation=0.0,
+        splits.crop_size, splits.views[0].crop_scale, horizontal_flip=0.5, brightness=0.0, contrast=0.0, saturation=0.0,
         hue=0.0, color_jitter_prob=0.0, grayscale_prob=0.0, gaussian_blur_prob=0.0, solarization_prob=0.0,
     )
 
@@ -45,8 +45,9 @@ def train_supervised(
 ) -> tuple[nn.Module, nn.Linear, dict[str, Any]]:
     """Train ``(backbone, head)`` as the module docstring says; returns them (in eval mode) and a record
     ``{"epochs", "steps", "train_images", "train_top1" (last epoch, augmented), "train_time_s", **SUPERVISED}``."""
-    info = dataset_info(cfg.data.name)
-    dataset = pretrain_images(cfg, build_view_transform(supervised_view(cfg), info))
+    splits = run_splits(cfg)
+    info = splits.info
+    dataset = splits.pretrain(build_view_transform(supervised_view(cfg), info))
     labels = labels_of(dataset)
     if labels is None or not (labels >= 0).any():
         raise ConfigError(f"the supervised ceiling needs class labels, and '{cfg.data.name}' has none here")
