@@ -10,8 +10,9 @@ SRC = Path(__file__).parents[1] / "src"
 
 #: the layers of docs/architecture.md, bottom first: a module may import its own layer and those below
 LAYERS = (
-    ("dimcl.version", "dimcl.files", "dimcl.names", "dimcl.distributed", "dimcl.provenance"),
-    ("dimcl.config",),
+    ("dimcl.version", "dimcl.errors", "dimcl.files", "dimcl.names", "dimcl.schedules", "dimcl.distributed",
+     "dimcl.provenance"),
+    ("dimcl.config_checks", "dimcl.config", "dimcl.experiment"),
     ("dimcl.data", "dimcl.models", "dimcl.losses"),
     ("dimcl.methods",),
     ("dimcl.recipes", "dimcl.run_dir", "dimcl.checkpoint", "dimcl.build", "dimcl.trained"),

@@ -35,6 +35,41 @@ def test_list_shows_methods_backbones_datasets_and_recipes():
 # Bad input (exit 2, one paragraph, nothing written): tests/test_reliability.py, 33 cases.
 
 
+def test_an_internal_value_error_is_a_bug_in_dimcl_not_bad_input(tiny_fashion_mnist, tmp_path, monkeypatch, capsys):
+    # Planted where no user input is checked: BYOL's forward during `dimcl pretrain`. Before errors were
+    # classified where they are detected, this exited 2 with one line, like a mistyped key.
+    from dimcl.methods.byol import BYOL
+    from dimcl.version import __version__
+
+    def broken_forward(self, views):
+        raise ValueError("planted internal error")
+
+    monkeypatch.setattr(BYOL, "forward", broken_forward)
+    code = cli.main(["pretrain", "-c", "fashion_mnist/byol", "-o", str(tmp_path / "run"), *TINY_RUN,
+                     f"data.root={tiny_fashion_mnist}", "trainer.max_epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback (most recent call last)" in err and "ValueError: planted internal error" in err
+    assert "in broken_forward" in err  # the traceback reaches the frame that raised
+    assert f"internal error: this is a bug in dimcl {__version__}" in err
+    assert "error: planted" not in err  # not reported as the user's mistake
+
+
+def test_a_worker_raised_error_reads_as_its_own_message():
+    from dimcl.data.datasets import BadImageError
+    from dimcl.errors import message_of
+
+    # What PyTorch's ExceptionWrapper.reraise builds from a worker's exception.
+    wrapped = BadImageError(
+        "Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise BadImageError(...)\n'
+        f"{BadImageError.__module__}.BadImageError: cannot read image 'a.jpg' (OSError: Truncated File Read); "
+        "remove it\n"
+    )
+    assert message_of(wrapped) == "cannot read image 'a.jpg' (OSError: Truncated File Read); remove it"
+    assert message_of(BadImageError("cannot read image 'b.jpg'")) == "cannot read image 'b.jpg'"
+
+
 def test_pretrain_then_knn(tiny_fashion_mnist, tmp_path):
     run = tmp_path / "run"
     proc = dimcl("pretrain", "-c", "fashion_mnist/byol", "-o", str(run), *TINY_RUN, f"data.root={tiny_fashion_mnist}",

@@ -6,7 +6,8 @@ import typing
 
 import pytest
 
-from dimcl.config import ConfigError, DimCLConfig, config_differences, parse_override
+from dimcl.config import ConfigError, DimCLConfig, parse_override
+from dimcl.experiment import config_differences
 from dimcl.losses.dimcl import IMPLEMENTATIONS
 from dimcl.methods import METHODS
 from dimcl.recipes import config_from_dict, list_recipes, load_config, resolve_recipe

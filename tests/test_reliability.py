@@ -118,6 +118,16 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
         ("resume a truncated checkpoint", ["pretrain", "-c", "fashion_mnist/byol", "-o", str(truncated), "--resume",
                                            f"data.root={root}", *TINY_RUN], "truncated"),
         ("knn of nothing", ["knn", "--ckpt", "/nonexistent/run"], "/nonexistent/run"),
+        ("a device that is not one", ["knn", "--ckpt", str(finished), "--device", "bogus"], "bogus"),
+        ("linear --out under a file", ["linear", "--ckpt", str(finished), "--epochs", "1", "--out",
+                                       str(a_file / "x")], str(a_file)),
+        ("analyze --out under a file", ["analyze", "--ckpt", str(finished), "--out", str(a_file / "x")], str(a_file)),
+        ("export under a file", ["export", "--ckpt", str(finished), "--format", "safetensors", "-o",
+                                 str(a_file / "x.safetensors")], str(a_file)),
+        ("report of a file", ["report", str(a_file)], str(a_file)),
+        ("a patch size the image cannot take", [*pre, "backbone.name=vit_tiny", "backbone.patch_size=5"], "patch_size"),
+        ("an option the backbone has not", [*pre, "backbone.patch_size=4"], "patch_size"),
+        ("DimCL over one dimension", [*pre, "method.proj_output_dim=1"], "proj_output_dim"),
     ]
 
 
@@ -297,6 +307,24 @@ def test_corrupt_images_fail_with_the_path_or_are_skipped_and_counted(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and ("1.png" in proc.stderr or "broken.jpg" in proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_an_unreadable_image_in_a_loader_worker_ends_the_run_like_one_in_the_main_process(tmp_path):
+    # The workers ignore SIGTERM (so a signal to the process group spares them); a worker's error used to leave
+    # them alive at exit, where multiprocessing's SIGTERM-then-join waited for good. Two workers: the SIGCHLD
+    # of the first one killed must not stop the second from being killed.
+    root = _image_folder(tmp_path / "images", corrupt=True)
+    overrides = ["data.name=imagefolder", f"data.root={root}", "backbone.name=small_cnn", "augment.crop_size=8",
+                 "method.proj_hidden_dim=16", "method.proj_output_dim=8", "method.pred_hidden_dim=16",
+                 "data.batch_size=2", "data.num_workers=2", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                 "trainer.tensorboard=false", "eval.knn_k=3"]
+    # A hang guard, not a timing: the run exits in seconds; before the fix it never did.
+    proc = subprocess.run([DIMCL, "pretrain", "-o", str(tmp_path / "fail"), *overrides], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr, proc.stderr[-2000:]
+    line = [x for x in proc.stderr.splitlines() if x.startswith("dimcl pretrain: error: ")]
+    assert len(line) == 1 and "cannot read image" in line[0] and "data.on_bad_image=skip" in line[0], proc.stderr
 
 
 class _Evil:

@@ -2,6 +2,8 @@
 
 Bad input (a mistyped key, a wrong type, a missing folder, an unsafe checkpoint) is reported as one
 paragraph on stderr with exit code 2 and no traceback; nothing already in the output folder is touched.
+Whether input is bad is decided where it is detected (a :class:`dimcl.errors.BadInputError`); any other
+exception is a bug in dimcl: exit 1, the traceback, and a line saying so with the version.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import argparse
 import json
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dimcl.config import ConfigError
-from dimcl.files import WriteFailedError
+from dimcl.errors import BadInputError, ConfigError, message_of
+from dimcl.files import WriteFailedError, check_output_folder
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 from dimcl.version import __version__
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
+EXIT_BUG = 1
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -55,6 +59,8 @@ def _cmd_linear(args: argparse.Namespace) -> int:
     from dimcl.run_dir import hold_run_dir
     from dimcl.trained import run_dir_of
 
+    if args.out is not None:
+        check_output_folder(args.out)
     # The run directory is written (its feature cache) even when linear.json goes elsewhere.
     with hold_run_dir(run_dir_of(args.ckpt)):
         result = linear_of_run(args.ckpt, out_dir=args.out, device=args.device, protocol=args.protocol,
@@ -70,6 +76,21 @@ def _seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of seeds, e.g. 0,1,2") from None
 
 
+def _device(text: str) -> str:
+    """``--device``: a torch device this machine has (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"'{text}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"'{text}': MPS is not available on this machine")
+    return text
+
+
 def _cmd_baselines(args: argparse.Namespace) -> int:
     from dimcl.baselines import baselines, has_baselines, write_baselines
     from dimcl.recipes import load_config, resolve_recipe
@@ -77,6 +98,7 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
 
     path = resolve_recipe(args.config) if args.config else None
     cfg = load_config(path, args.overrides)
+    check_output_folder(args.out)
     for seed in args.seeds or [cfg.seed]:
         cfg.seed = seed
         if args.skip_existing and has_baselines(args.out, cfg, supervised=not args.no_supervised):
@@ -94,6 +116,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from dimcl.run_dir import hold_run_dir
     from dimcl.trained import run_dir_of
 
+    if args.out is not None:
+        check_output_folder(args.out)
     with hold_run_dir(args.out or run_dir_of(args.ckpt)):
         result = diagnose_run(args.ckpt, num_images=args.images, device=args.device, out_dir=args.out)
     print(json.dumps(result, indent=2))
@@ -143,6 +167,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from dimcl.export import export
 
+    check_output_folder(Path(args.out).parent, "--out", f"'{Path(args.out).name}'")
     meta = export(args.ckpt, args.format, args.out)
     print(json.dumps(meta, indent=2))
     print(f"wrote {args.out}")
@@ -188,7 +213,7 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
                        description="Weighted kNN (k=eval.knn_k, T=eval.knn_temperature, cosine) of a trained "
                        "backbone; prints JSON and writes knn.json into the run directory.")
     p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
-    p.add_argument("--device", default="cpu", help="torch device for feature extraction (default: cpu)")
+    p.add_argument("--device", default="cpu", type=_device, help="torch device for feature extraction (default: cpu)")
     p.set_defaults(func=_cmd_knn)
 
     p = sub.add_parser("linear", help="linear probe on a run's frozen backbone",
@@ -198,7 +223,7 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
     p.add_argument("--protocol", choices=["fast", "augmented"], default="fast")
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
     p.add_argument("--out", help="folder for linear.json (default: the run directory)")
     p.set_defaults(func=_cmd_linear)
 
@@ -216,7 +241,7 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="skip the seeds whose record of this protocol OUT/baselines.json already holds (with the "
                    "supervised ceiling unless --no-supervised), so an interrupted or partial call can be finished")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_cmd_baselines)
 
@@ -226,7 +251,7 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
                        "a fixed evaluation batch; writes diversity.json and PNG plots.")
     p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint file inside one")
     p.add_argument("--images", type=int, default=1024, help="evaluation images to analyse (default 1024)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
     p.add_argument("--out", help="output folder (default: the run directory)")
     p.set_defaults(func=_cmd_analyze)
 
@@ -297,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-        print(f"dimcl {args.command}: error: {err}", file=sys.stderr)
+    except BadInputError as err:
+        print(f"dimcl {args.command}: error: {message_of(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (NonFiniteLossError, WriteFailedError) as err:
         print(f"dimcl {args.command}: error: {err}", file=sys.stderr)
@@ -309,6 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dimcl {args.command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception:  # whatever was not classified as bad input where it was detected is dimcl's fault
+        traceback.print_exc()
+        print(f"dimcl {args.command}: internal error: this is a bug in dimcl {__version__}, not a problem with "
+              "your input; please report it with the traceback above.", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ def cli_reference() -> str:
         _fixed_width(parser).format_usage().strip(),
         "```\n",
         "`dimcl --version` prints the version. Bad input (a mistyped key, a wrong type, a missing folder) is one "
-        "paragraph on stderr and exit code 2; a run that fails while training exits 1.\n",
+        "paragraph on stderr and exit code 2, decided where the input is checked; a run that fails while "
+        "training (a NaN loss, a failed write) exits 1 naming why. Anything else is a bug in dimcl: exit 1, the "
+        "traceback and a line saying so with the version.\n",
         "| command | what it does |",
         "|---|---|",
         *(f"| [`{name}`](#dimcl-{name}) | {_cell(helps[name])} |" for name in commands.choices),

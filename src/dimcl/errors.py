@@ -20,3 +20,17 @@ class BadInputError(ValueError):
 
 class ConfigError(BadInputError):
     """A bad configuration value; its message names the key, the value and what is accepted."""
+
+
+def message_of(err: BadInputError) -> str:
+    """The error's own message, also when a DataLoader worker raised it.
+
+    PyTorch re-raises a worker's exception in the main process as the same type with the message
+    ``Caught <Type> in DataLoader worker process N.\\nOriginal Traceback ...\\n<module>.<Type>: <message>``;
+    the user should read the ``<message>`` the same as if the main process had raised it.
+    """
+    text = str(err)
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    if text.startswith("Caught ") and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text

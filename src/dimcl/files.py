@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dimcl.errors import BadInputError
+
 
 class WriteFailedError(RuntimeError):
     """A file of the run could not be written; files written before are intact."""
@@ -118,3 +120,25 @@ def _end_of_last_line(path: Path, size: int) -> int:
                 return start + cut + 1
             end = start
     return 0
+
+
+def check_output_folder(folder: str | os.PathLike[str], option: str = "--out", what: str = "the output") -> None:
+    """``folder``, given by the user as ``option``, is or can become a writable directory.
+
+    Checked before anything is read or written, so a bad path is bad input (exit 2, naming it), never an
+    ``OSError`` from deep inside the first write. Creates nothing.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"{option} '{folder}' is a file, not a directory; give a directory for {what}")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"{option} '{folder}' cannot be created: '{existing}' is a file, not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as err:
+        raise BadInputError(
+            f"{option} '{folder}' is not writable ({err.strerror} in '{existing}'); choose a directory you can write"
+        ) from None

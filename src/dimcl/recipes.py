@@ -83,6 +83,12 @@ def check_names(cfg: Config) -> None:
                 f"{did_you_mean(name, registry)}"
             )
     _check_method_options(cfg)
+    width = {**method_options(cfg.method.name), **cfg.method.options}.get("proj_output_dim")
+    require(
+        not cfg.dimcl.enabled or not isinstance(width, int) or width >= 2, "method.proj_output_dim", width,
+        "DimCL contrasts the projector's output dimensions with one another and needs at least 2 of them "
+        "(or dimcl.weight=0 for the plain method)",
+    )
     require(
         cfg.augment.num_local_crops == 0 or METHODS[cfg.method.name].multi_crop,
         "augment.num_local_crops", cfg.augment.num_local_crops,

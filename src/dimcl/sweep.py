@@ -44,10 +44,11 @@ from typing import Any
 import torch
 import yaml
 
-from dimcl.config import RESUMABLE_KEYS, Config, ConfigError, config_differences
+from dimcl.config import Config, ConfigError
 from dimcl.eval import EVALUATIONS
 from dimcl.eval.diversity import diagnose_run
 from dimcl.eval.linear import linear_of_run
+from dimcl.experiment import experiment_differences
 from dimcl.files import write_atomic
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import (
@@ -211,13 +212,8 @@ def _check_same_experiment(name: str, cfg: Config, run_dir: Path) -> None:
     saved = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else None
     if saved is None:
         return
-    diffs = [
-        (key, old, new)
-        for key, old, new in config_differences(saved, cfg.to_dict())
-        # More epochs in the grid continue the run (the loop allows it); fewer would be another schedule.
-        if key not in RESUMABLE_KEYS
-        or (key == "trainer.max_epochs" and isinstance(old, int) and isinstance(new, int) and old > new)
-    ]
+    # More epochs in the grid continue the run (the loop allows it); fewer would be another schedule.
+    diffs = experiment_differences(saved, cfg.to_dict(), epochs="may_grow")
     if diffs:
         listed = "; ".join(f"{k}: {old!r} in the run, {new!r} in the grid" for k, old, new in diffs)
         raise ConfigError(

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from dimcl.config import OptimConfig
+from dimcl.schedules import warmup_cosine
 from dimcl.train.lars import LARS
 from dimcl.train.optim import build_optimizer, scaled_lr, set_learning_rate
-from dimcl.train.schedules import warmup_cosine
 
 
 def test_lars_step_matches_the_formula():

@@ -23,6 +23,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from dimcl.errors import BadInputError
 from dimcl.names import did_you_mean
 
 __all__ = ["BACKBONES", "TIMM_PREFIX", "SmallCNN", "build_backbone", "check_backbone_name", "stem_of"]
@@ -42,7 +43,7 @@ def _kaiming_conv(in_channels: int, out_channels: int, kernel_size: int, stride:
 def _reject_option(backbone: str, option: str, value: object) -> None:
     """Options a backbone does not use are errors, not silently ignored settings."""
     if value is not None:
-        raise ValueError(
+        raise BadInputError(
             f"Backbone {backbone!r} has no {option} option (got {option}={value!r}); "
             "cifar_stem applies to resnet18/resnet50 and patch_size to vit_tiny/vit_small. "
             "Leave it unset (None) for this backbone."
@@ -102,7 +103,7 @@ def _vit(
     if patch_size is None:
         patch_size = 4 if image_size <= 64 else 16
     if image_size % patch_size != 0:
-        raise ValueError(
+        raise BadInputError(
             f"vit_{size}: image_size={image_size} is not a multiple of patch_size={patch_size}; "
             "choose a patch_size that divides the image size (e.g. 4 for 28 or 32 px, 16 for 224 px)."
         )
@@ -218,7 +219,7 @@ def _import_timm():  # noqa: ANN202 (the module)
     try:
         import timm
     except ImportError:
-        raise ValueError(
+        raise BadInputError(
             "timm backbones (backbone.name=timm/<model>) need the timm package, which is not installed: "
             "pip install 'dimcl[timm]'. Or pick a built-in backbone: " + ", ".join(BACKBONES) + "."
         ) from None
@@ -228,7 +229,7 @@ def _import_timm():  # noqa: ANN202 (the module)
 def _check_timm_model(model_name: str) -> None:
     timm = _import_timm()
     if not timm.is_model(model_name):
-        raise ValueError(
+        raise BadInputError(
             f"Unknown timm model {model_name!r} (backbone 'timm/{model_name}'); timm.list_models() names the "
             f"accepted ones, e.g. timm/resnet18, timm/vit_tiny_patch16_224, timm/convnext_atto."
             + did_you_mean(model_name, timm.list_models(), "timm/")
@@ -271,14 +272,14 @@ def _timm(
         with torch.no_grad():
             features = model(torch.zeros(2, in_channels, image_size, image_size))
     except Exception as err:
-        raise ValueError(
+        raise BadInputError(
             f"Backbone {backbone!r} cannot take {in_channels}-channel {image_size}x{image_size} images "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); pick a timm model made "
             "for this input size, or change augment.crop_size."
         ) from None
     model.train()
     if features.ndim != 2:
-        raise ValueError(
+        raise BadInputError(
             f"Backbone {backbone!r} returns features of shape {tuple(features.shape)}, not (batch, features); "
             "pick a timm classification model, whose num_classes=0 form pools its features."
         )
@@ -301,13 +302,14 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 
 def check_backbone_name(name: str) -> None:
-    """Raise ``ValueError`` naming the accepted names unless ``name`` is a backbone dimcl can build."""
+    """Raise :class:`~dimcl.errors.BadInputError` (a ``ValueError``) naming the accepted names unless ``name``
+    is a backbone dimcl can build."""
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
         _check_timm_model(name[len(TIMM_PREFIX):])
         return
     if name not in BACKBONES:
         accepted = ", ".join(sorted(BACKBONES))
-        raise ValueError(
+        raise BadInputError(
             f"Unknown backbone {name!r}; accepted names are: {accepted}, or timm/<model> for any timm model "
             f"(pip install 'dimcl[timm]').{did_you_mean(name, BACKBONES)}"
         )
@@ -333,7 +335,7 @@ def build_backbone(
         if arg == "patch_size" and value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
+            raise BadInputError(
                 f"Backbone {name!r}: {arg} must be a positive integer, got {value!r} "
                 "(e.g. in_channels=3 for RGB or 1 for grayscale, image_size=32 for CIFAR)."
             )

@@ -2,8 +2,8 @@
 
 Only what run directories hold is read: ``config.yaml``, ``metrics.jsonl`` and, when present,
 ``knn.json``, ``linear.json`` and ``diversity.json``; and the folder's ``baselines.json`` (floors and
-ceiling, ``dimcl baselines``) when it has one. Runs are grouped by their configuration without
-``seed`` and without the keys that do not change the experiment (:data:`IGNORED_KEYS`); a key missing from
+ceiling, ``dimcl baselines``) when it has one. Runs are grouped by their experiment without ``seed``
+(:func:`dimcl.experiment.experiment_of`, the identity resume and sweeps use too); a key missing from
 a config saved by an older dimcl counts as its default, as when a run is resumed. For every group
 the report gives mean ± sample standard deviation over seeds; for every +DimCL group (λ > 0) with a
 matching baseline (λ = 0, same configuration apart from ``dimcl.*``) it gives the paired difference
@@ -24,8 +24,9 @@ import yaml
 
 from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import read_baselines
-from dimcl.config import RUN_ONLY_KEYS, flatten_with_defaults
+from dimcl.errors import BadInputError
 from dimcl.eval import EVALUATIONS
+from dimcl.experiment import experiment_of, flatten_with_defaults
 from dimcl.run_dir import BASELINES, CONFIG, METRICS, reached_max_epochs, read_metrics, read_result
 
 if TYPE_CHECKING:
@@ -43,9 +44,6 @@ __all__ = [
     "paired_interval",
     "t_quantile_975",
 ]
-
-#: keys that tell runs of the same experiment apart without changing it: not used for grouping
-IGNORED_KEYS = RUN_ONLY_KEYS | {"seed"}
 
 #: (key, column title, decimals) of the figures reported per group, in table order
 FIGURES = (
@@ -117,7 +115,7 @@ def paired_interval(differences: list[float]) -> tuple[float, tuple[float, float
 
 def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
     """Dotted keys with lists made tuples, so values are hashable; the keys a config saved by an older dimcl
-    lacks at their defaults (:func:`dimcl.config.flatten_with_defaults`), so its runs group with newer ones."""
+    lacks at their defaults (:func:`dimcl.experiment.flatten_with_defaults`), so its runs group with newer ones."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten_with_defaults(mapping).items()}
 
 
@@ -199,7 +197,7 @@ def load_runs(root: str | Path, include_unfinished: bool = False) -> tuple[list[
 
 @dataclass
 class Group:
-    """Runs with the same configuration apart from the seed (and :data:`IGNORED_KEYS`)."""
+    """Runs of the same experiment apart from the seed (:func:`dimcl.experiment.experiment_of`)."""
 
     config: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
@@ -225,15 +223,6 @@ class Group:
         return mean, std, len(values)
 
 
-def _experiment_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What defines the experiment: the config minus :data:`IGNORED_KEYS`; with λ = 0 also minus the other
-    ``dimcl.*`` keys, which then change nothing (the DimCL term is not even computed)."""
-    out = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
-    if float(out.get("dimcl.weight", 0.0)) == 0:
-        out = {k: v for k, v in out.items() if not k.startswith("dimcl.") or k == "dimcl.weight"}
-    return out
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_format_value(v) for v in value) + "]"
@@ -254,7 +243,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     """
     by_key: dict[tuple, Group] = {}
     for run in runs:
-        config = _experiment_config(run.config)
+        config = experiment_of(run.config, across_seeds=True)
         key = tuple(sorted((k, repr(v)) for k, v in config.items()))
         if key not in by_key:
             by_key[key] = Group(config)
@@ -489,7 +478,11 @@ def build_report(
     ``effective_rank_<method>.png`` when the metrics hold ``backbone_effective_rank``) go next to it.
     """
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise BadInputError(f"'{sweep_dir}' is not a folder; give the folder that holds the run directories")
     out_path = Path(out_path) if out_path is not None else sweep_dir / "report.md"
+    if out_path.parent.exists() and not out_path.parent.is_dir():
+        raise BadInputError(f"--out '{out_path}': '{out_path.parent}' is a file, not a folder")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     runs, notes = load_runs(sweep_dir, include_unfinished)
     groups = group_runs(runs)

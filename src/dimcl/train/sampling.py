@@ -16,6 +16,8 @@ has no ``set_epoch`` and takes its epoch from :meth:`EpochFeed.begin_epoch` only
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from collections.abc import Iterator, Sized
 
@@ -74,6 +76,38 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def kill_leftover_workers() -> None:
+    """At exit: kill the loader workers still alive, which :func:`ignore_stop_signals` made deaf to SIGTERM.
+
+    A loader whose iterator is not shut down before the interpreter exits (an exception re-raised from a
+    worker keeps it alive in a reference cycle) leaves its workers to ``multiprocessing``'s exit handler,
+    which terminates daemonic children with SIGTERM and then joins them: with SIGTERM ignored, that join
+    waited for good (an unreadable image in a worker hung the run). Killing them is what that handler
+    means to do; the run's files are closed by then. Registered after ``multiprocessing``'s own handler,
+    so it runs first (``atexit`` runs handlers last-in, first-out). PyTorch's SIGCHLD handler, which
+    raises when a worker dies while the loader iterates, is put back to the default first: raised in
+    here it would stop the kills after the first worker, and the join of the next would hang as before.
+    """
+    leftover = [child for child in multiprocessing.active_children() if child.daemon]
+    if not leftover:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in leftover:
+        child.kill()
+    for child in leftover:
+        child.join(timeout=10)
+
+
+_kill_registered = False
+
+
+def _register_kill_at_exit() -> None:
+    global _kill_registered
+    if not _kill_registered:
+        atexit.register(kill_leftover_workers)
+        _kill_registered = True
+
+
 class EpochFeed:
     """The pretraining :class:`DataLoader` and the per-epoch seeding that makes it replayable.
 
@@ -88,6 +122,8 @@ class EpochFeed:
     ):
         self.seed = seed
         self.rank = rank
+        if num_workers > 0:
+            _register_kill_at_exit()
         self.generator = torch.Generator()
         self.sampler = ShardedEpochSampler(dataset, world_size, rank, seed) if world_size > 1 else None
         # Workers are not persistent: they are started every epoch with seeds from that epoch's generator,

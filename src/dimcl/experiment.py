@@ -1,0 +1,104 @@
+"""One experiment identity: which config keys make two runs the same experiment.
+
+Every place that asks "is this the same experiment?" asks here: resuming a run (:mod:`dimcl.train.loop`),
+reusing a sweep cell (:mod:`dimcl.sweep`), reusing a demo arm (:mod:`dimcl.demo`), grouping runs over
+seeds (:mod:`dimcl.report`) and matching floors to runs (:mod:`dimcl.baselines`, whose protocol is the
+part of the identity an evaluation depends on).
+
+The rules, in one place:
+
+- keys of :data:`RUN_ONLY_KEYS` never make two runs different experiments (where files are, what is
+  shown or logged, how fast it goes);
+- with λ = 0 (``dimcl.weight``) the other ``dimcl.*`` keys change nothing (the term is not computed);
+- a key a saved config lacks counts as its default (:func:`flatten_with_defaults`);
+- ``seed`` is part of a run's identity, not of its group's (``across_seeds``);
+- ``trainer.max_epochs`` is part of it, but a run may continue to a longer budget (``epochs``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from dimcl.config import Config, flatten_config
+
+#: keys that change only where the run reads its files, what it shows or logs, how often it saves, or
+#: how fast it goes (up to the order of floating-point operations): runs that differ in them are the same
+#: experiment (the report groups them), and a run may be resumed with other values of them
+RUN_ONLY_KEYS = frozenset({
+    "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.tensorboard", "trainer.checkpoint_every_n_steps",
+    "trainer.wandb", "trainer.wandb_project", "trainer.wandb_entity", "trainer.wandb_name",
+    "trainer.compile", "trainer.channels_last", "trainer.accelerator", "trainer.strategy", "optim.fused",
+    "data.num_workers", "data.on_bad_image", "data.augment_on", "data.root", "data.download",
+    "eval.diagnose_every",
+})
+#: what a run may be resumed with besides :data:`RUN_ONLY_KEYS`: more epochs (the schedules stretch)
+RESUMABLE_KEYS = RUN_ONLY_KEYS | {"trainer.max_epochs"}
+
+
+def flatten_with_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys of a saved config, every key it lacks at its default: a config saved before the key
+    existed describes the same experiment as one with the key at its default (a new key's default keeps the
+    old behaviour)."""
+    return {**flatten_config(Config().to_dict()), **flatten_config(mapping)}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every dotted key whose value differs.
+
+    A key that one side lacks counts as the default value (:func:`flatten_with_defaults`).
+    """
+    flat_old, flat_new = flatten_with_defaults(old), flatten_with_defaults(new)
+    keys = sorted(set(flat_old) | set(flat_new))
+    return [(k, flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)]
+
+
+def experiment_of(flat: dict[str, Any], across_seeds: bool = False) -> dict[str, Any]:
+    """The keys of a flat config (``flatten_with_defaults``) that define its experiment: without
+    :data:`RUN_ONLY_KEYS`, without ``seed`` when ``across_seeds``, and with λ = 0 without the other
+    ``dimcl.*`` keys."""
+    ignored = RUN_ONLY_KEYS | {"seed"} if across_seeds else RUN_ONLY_KEYS
+    out = {k: v for k, v in flat.items() if k not in ignored}
+    if float(out.get("dimcl.weight", 0.0)) == 0:
+        out = {k: v for k, v in out.items() if not k.startswith("dimcl.") or k == "dimcl.weight"}
+    return out
+
+
+def experiment_differences(
+    old: dict[str, Any], new: dict[str, Any], epochs: Literal["same", "may_grow", "any"] = "same"
+) -> list[tuple[str, Any, Any]]:
+    """(key, old, new) for every key that makes ``new`` (a config's ``to_dict()``) another experiment than
+    ``old``; empty when they are the same one. ``epochs``: whether ``trainer.max_epochs`` must be equal,
+    may grow (a sweep continues a run to a longer budget), or may change (resume checks it itself)."""
+    flat_old, flat_new = experiment_of(flatten_with_defaults(old)), experiment_of(flatten_with_defaults(new))
+    # One side plain (λ = 0): its other dimcl.* keys are gone, and λ alone tells the two apart.
+    keys = set(flat_old) & set(flat_new) if set(flat_old) != set(flat_new) else set(flat_old)
+    diffs = []
+    for key in sorted(keys):
+        before, after = flat_old.get(key), flat_new.get(key)
+        if before == after:
+            continue
+        if key == "trainer.max_epochs" and (
+            epochs == "any" or (epochs == "may_grow" and isinstance(before, int) and isinstance(after, int)
+                                and after > before)
+        ):
+            continue
+        diffs.append((key, before, after))
+    return diffs
+
+
+#: the config keys that define an evaluation protocol, which the floors and ceiling of ``dimcl baselines``
+#: are made for (two records with equal values are the same): the data, the backbone, the budget, the kNN
+PROTOCOL_KEYS = (
+    ("data", "name"), ("data", "val_size"), ("data", "eval_subset"), ("data", "subset"), ("data", "batch_size"),
+    ("backbone", "name"), ("augment", "crop_size"), ("augment", "crop_scale"), ("trainer", "max_epochs"),
+    ("eval", "knn_k"), ("eval", "knn_temperature"),
+)
+
+
+def protocol_of(cfg: Config) -> dict[str, Any]:
+    """The values of :data:`PROTOCOL_KEYS` in ``cfg`` as a flat ``{"data.name": ..., ...}`` mapping."""
+    out = {}
+    for section, key in PROTOCOL_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
