@@ -1,8 +1,7 @@
-"""The six SSL methods, each with a DimCL switch, and a registry that builds one by name."""
+"""The SSL methods, each with a DimCL switch, and the registry that builds one by name (one entry per method)."""
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
@@ -16,6 +15,7 @@ from dimcl.methods.momentum import cosine_momentum
 from dimcl.methods.simclr import SimCLR
 from dimcl.methods.simsiam import SimSiam
 from dimcl.methods.vicreg import VICReg
+from dimcl.names import did_you_mean
 
 METHODS: dict[str, type[SSLMethod]] = {
     cls.name: cls for cls in (SimCLR, MoCoV2Plus, BYOL, SimSiam, BarlowTwins, VICReg)
@@ -35,9 +35,7 @@ def method_options(name: str) -> dict[str, Any]:
 
 def _method_class(name: str) -> type[SSLMethod]:
     if name not in METHODS:
-        close = difflib.get_close_matches(name, METHODS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}.{hint}")
+        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}.{did_you_mean(name, METHODS)}")
     return METHODS[name]
 
 
