@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from torch import nn
 
+from dimcl.methods import METHODS
+
 
 def write_fashion_mnist(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
     """IDX ``.gz`` files like the Debian package's, with 10 learnable classes (a bar per class + noise)."""
@@ -54,15 +56,20 @@ TINY_RUN = [
 ]
 
 
-#: method options that keep each method's heads small enough for CPU tests
-SMALL_HEADS = {
-    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=256),
-    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
-    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
-    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
-}
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The shared method tests run once per method: a test taking ``method_name`` over every registered
+    method, ``multi_crop_method`` over those whose class sets ``multi_crop``, ``two_view_method`` over the
+    others. The methods are ``dimcl.methods.METHODS``, or the test module's own ``METHODS_UNDER_TEST``
+    (name -> class; tests/methods/test_plug_in.py runs the same test functions on a method it defines).
+    Their per-method settings are the rows of tests/methods/cases.py."""
+    methods = getattr(metafunc.module, "METHODS_UNDER_TEST", METHODS)
+    for argument, chosen in (
+        ("method_name", list(methods)),
+        ("multi_crop_method", [name for name, cls in methods.items() if cls.multi_crop]),
+        ("two_view_method", [name for name, cls in methods.items() if not cls.multi_crop]),
+    ):
+        if argument in metafunc.fixturenames:
+            metafunc.parametrize(argument, chosen)
 
 
 class TinyBackbone(nn.Module):

@@ -12,28 +12,26 @@ import copy
 
 import pytest
 import torch
-from conftest import SMALL_HEADS, TINY_RUN, TinyBackbone
+from conftest import TINY_RUN, TinyBackbone
+from methods.cases import case, option_overrides
 
 from dimcl.build import build_device_views, build_pretrain_dataset, view_configs
 from dimcl.config import AugmentConfig, ConfigError
 from dimcl.data import byol_view_configs, dataset_info
 from dimcl.data.view_config import local_crop_side
-from dimcl.losses import byol_loss, moco_loss, multi_view_nt_xent_loss, nt_xent_loss, simsiam_loss
-from dimcl.losses.barlow_twins import barlow_twins_loss
-from dimcl.losses.vicreg import vicreg_loss
+from dimcl.losses import multi_view_nt_xent_loss, nt_xent_loss
 from dimcl.methods import METHODS, DimCLConfig, build_method
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.train.loop import pretrain
 
 FASHION = dataset_info("fashion_mnist")
 CIFAR = dataset_info("cifar10")
-MULTI_CROP = [name for name, cls in METHODS.items() if cls.multi_crop]
 
 
 def make(name, weight=0.1, local_pairs=False, seed=0):
     torch.manual_seed(seed)
     dimcl = DimCLConfig(weight=weight, temperature=0.1, local_pairs=local_pairs)
-    return build_method(name, TinyBackbone(), dimcl, gather_distributed=False, **SMALL_HEADS[name])
+    return build_method(name, TinyBackbone(), dimcl, gather_distributed=False, **case(name).options)
 
 
 def crops(num_local=0, n=8, seed=1):
@@ -66,11 +64,16 @@ def test_bad_multi_crop_values_are_config_errors(override, key):
         load_config(resolve_recipe("cifar10/byol"), [override])
 
 
-@pytest.mark.parametrize("method", ["barlow_twins", "vicreg"])
-def test_methods_without_a_multi_crop_form_refuse_local_crops(method):
-    with pytest.raises(ConfigError, match=f"augment.num_local_crops.*'{method}' has no multi-crop form"):
-        load_config(resolve_recipe(f"cifar10/{method}"), ["augment.num_local_crops=2"])
-    load_config(resolve_recipe(f"cifar10/{method}"), ["augment.num_local_crops=0"])
+def test_the_config_takes_local_crops_exactly_for_multi_crop_methods(method_name):
+    def config(num_local):
+        return load_config(None, [f"method.name={method_name}", f"augment.num_local_crops={num_local}"])
+
+    config(0)
+    if METHODS[method_name].multi_crop:
+        assert config(2).augment.num_local_crops == 2
+    else:
+        with pytest.raises(ConfigError, match=f"augment.num_local_crops.*'{method_name}' has no multi-crop form"):
+            config(2)
 
 
 # ------------------------------------------------------------------------------------------------- views
@@ -127,61 +130,36 @@ def test_device_views_have_the_global_and_local_shapes(tiny_fashion_mnist, num_l
 # ----------------------------------------------------------------------------------------------- methods
 
 
-@pytest.mark.parametrize("name", MULTI_CROP)
-def test_multi_crop_step_is_finite_and_reaches_the_backbone(name):
-    method = make(name, weight=0.1, local_pairs=True)
+def test_multi_crop_step_is_finite_and_reaches_the_backbone(multi_crop_method):
+    method = make(multi_crop_method, weight=0.1, local_pairs=True)
     out = method(crops(num_local=2))
-    assert torch.isfinite(out["loss"]) and out["z1"].shape == out["z2"].shape == (8, 16)
+    assert torch.isfinite(out["loss"]) and out["z1"].shape == out["z2"].shape and out["z1"].shape[0] == 8
     out["loss"].backward()
     first_conv = method.backbone.net[0].weight.grad
     assert first_conv is not None and torch.isfinite(first_conv).all() and first_conv.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["barlow_twins", "vicreg"])
-def test_two_view_only_methods_refuse_local_views(name):
+def test_two_view_only_methods_refuse_local_views(two_view_method):
     with pytest.raises(ValueError, match="exactly two augmented views, got 4"):
-        make(name)(crops(num_local=2))
+        make(two_view_method)(crops(num_local=2))
 
 
-def _targets(method, x1, x2):
-    with torch.no_grad():
-        return method.momentum_projector(method.momentum_backbone(x1)), method.momentum_projector(
-            method.momentum_backbone(x2)
-        )
-
-
-def _two_view_ssl(name, method, x1, x2):
-    """The methods' two-view objectives as they were computed before multi-crop existed, op for op."""
+def _two_view_loss(method, x1, x2):
+    """The two-view loss as it was computed before multi-crop existed: the online projections, the method's
+    objective restated from them (its row's reference, tests/methods/cases.py), DimCL on them."""
     f1 = method.backbone(x1)
     z1, z2 = method.projector(f1), method.projector(method.backbone(x2))
-    if name == "simclr":
-        loss = nt_xent_loss(z1, z2, method.temperature)
-    elif name == "byol":
-        p1, p2 = method.predictor(z1), method.predictor(z2)
-        t1, t2 = _targets(method, x1, x2)
-        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
-    elif name == "simsiam":
-        p1, p2 = method.predictor(z1), method.predictor(z2)
-        loss = (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
-    elif name == "mocov2plus":
-        k1, k2 = _targets(method, x1, x2)
-        queue = method.queue.clone().detach()
-        loss = (moco_loss(z1, k2, queue[1], method.temperature) + moco_loss(z2, k1, queue[0], method.temperature)) / 2
-    elif name == "barlow_twins":
-        loss = barlow_twins_loss(z1, z2, method.lambd, method.scale_loss)
-    else:
-        loss = vicreg_loss(z1, z2, *method.weights)
+    loss = case(method.name).reference(method, [x1, x2], z1, z2)
     return (1 - method.dimcl.weight) * loss + method.dimcl.weight * method.dimcl_loss(z1, z2)
 
 
 @pytest.mark.parametrize("local_pairs", [False, True])
-@pytest.mark.parametrize("name", list(METHODS))
-def test_two_views_compute_exactly_what_they_did_before_multi_crop(name, local_pairs):
-    method = make(name, weight=0.1, local_pairs=local_pairs)
+def test_two_views_compute_exactly_what_they_did_before_multi_crop(method_name, local_pairs):
+    method = make(method_name, weight=0.1, local_pairs=local_pairs)
     reference = copy.deepcopy(method)
     x1, x2 = crops()
     loss = method([x1, x2])["loss"]
-    expected = _two_view_ssl(name, reference, x1, x2)
+    expected = _two_view_loss(reference, x1, x2)
     assert torch.equal(loss, expected)
     loss.backward()
     expected.backward()
@@ -189,10 +167,9 @@ def test_two_views_compute_exactly_what_they_did_before_multi_crop(name, local_p
         assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), key
 
 
-@pytest.mark.parametrize("name", MULTI_CROP)
-def test_dimcl_local_pairs_change_the_loss_only_with_local_views(name):
+def test_dimcl_local_pairs_change_the_loss_only_with_local_views(multi_crop_method):
     for num_local, changes in ((0, False), (2, True)):
-        outs = [make(name, local_pairs=pairs)(crops(num_local)) for pairs in (False, True)]
+        outs = [make(multi_crop_method, local_pairs=pairs)(crops(num_local)) for pairs in (False, True)]
         assert torch.equal(outs[0]["loss_ssl"], outs[1]["loss_ssl"])
         assert torch.equal(outs[0]["loss_dimcl"], outs[1]["loss_dimcl"]) is not changes
 
@@ -209,7 +186,7 @@ def test_multi_view_nt_xent_with_two_views_is_nt_xent():
 
 @pytest.mark.parametrize("method,augment_on", [("byol", "loader"), ("simclr", "loader"), ("byol", "device")])
 def test_a_real_multi_crop_run(tiny_fashion_mnist, tmp_path, method, augment_on):
-    overrides = [o for o in TINY_RUN if not o.startswith("method.pred") or method == "byol"]
+    overrides = [o for o in TINY_RUN if not o.startswith("method.")] + option_overrides(method)
     cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), [
         *overrides, f"data.root={tiny_fashion_mnist}", "augment.num_local_crops=2", "dimcl.local_pairs=true",
         "trainer.max_epochs=1", f"data.augment_on={augment_on}",

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 from conftest import TINY_RUN
+from methods.cases import option_overrides
 
 from dimcl.checkpoint import load_backbone_weights, load_checkpoint
-from dimcl.config import RESUMABLE_KEYS, ConfigError
-from dimcl.methods import METHODS
+from dimcl.config import ConfigError
+from dimcl.experiment import RESUMABLE_KEYS
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import BACKBONE_PREFIX, METHOD_PREFIX, read_metrics, weights_under
 from dimcl.train import loop
@@ -86,12 +87,11 @@ def test_scalars_are_read_from_the_device_every_log_every_n_steps(tiny_fashion_m
         assert every_4.records[0][key] == every_step.records[0][key], key
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "byol"])  # BYOL: every other test here
-def test_every_method_trains_through_the_loop(tiny_fashion_mnist, tmp_path, method):
-    options = {"mocov2plus": ["method.queue_size=64"]}
-    overrides = [o for o in TINY_RUN if not o.startswith("method.pred") or method == "simsiam"]
-    overrides += options.get(method, []) + ["trainer.max_epochs=1", "eval.every=0", "optim.name=sgd", "optim.lr=0.05"]
-    cfg = load_config(None, [f"method.name={method}", "backbone.name=small_cnn", "data.name=fashion_mnist",
+def test_every_method_trains_through_the_loop(tiny_fashion_mnist, tmp_path, method_name):
+    # the method's small options from its row (tests/methods/cases.py)
+    overrides = [o for o in TINY_RUN if not o.startswith("method.")] + option_overrides(method_name)
+    overrides += ["trainer.max_epochs=1", "eval.every=0", "optim.name=sgd", "optim.lr=0.05"]
+    cfg = load_config(None, [f"method.name={method_name}", "backbone.name=small_cnn", "data.name=fashion_mnist",
                              f"data.root={tiny_fashion_mnist}", *overrides])
     (record,) = pretrain(cfg, tmp_path).records
     assert torch.isfinite(torch.tensor(record["loss"])) and "loss_dimcl" in record
