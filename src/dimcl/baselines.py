@@ -32,33 +32,19 @@ from dimcl.eval.diversity import diversity_report
 from dimcl.eval.knn import extract_features
 from dimcl.eval.linear import FAST, train_linear_probe
 from dimcl.eval.offline import knn_of_features
+from dimcl.experiment import PROTOCOL_KEYS, protocol_of
 from dimcl.files import write_atomic
 from dimcl.run_dir import BASELINES
 from dimcl.train.supervised import train_supervised
 
 __all__ = ["PROTOCOL_KEYS", "baselines", "pixel_features", "protocol_of", "read_baselines", "write_baselines"]
 
-#: the config keys that define a baseline record's protocol (two records with equal values are the same)
-PROTOCOL_KEYS = (
-    ("data", "name"), ("data", "val_size"), ("data", "eval_subset"), ("data", "subset"), ("data", "batch_size"),
-    ("backbone", "name"), ("augment", "crop_size"), ("augment", "crop_scale"), ("trainer", "max_epochs"),
-    ("eval", "knn_k"), ("eval", "knn_temperature"),
-)
 #: the rows, in table order, with the words a table shows for them
 ROWS = {
     "raw_pixels": "raw pixels (floor)",
     "random_init": "random-init backbone (floor)",
     "supervised": "supervised backbone (ceiling)",
 }
-
-
-def protocol_of(cfg: Config) -> dict[str, Any]:
-    """The values of :data:`PROTOCOL_KEYS` in ``cfg`` as a flat ``{"data.name": ..., ...}`` mapping."""
-    out = {}
-    for section, key in PROTOCOL_KEYS:
-        value = getattr(getattr(cfg, section), key)
-        out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 @torch.no_grad()

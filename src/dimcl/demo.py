@@ -24,7 +24,9 @@ import torch
 from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import baselines, protocol_of, read_baselines, write_baselines
 from dimcl.config import Config
+from dimcl.errors import BadInputError
 from dimcl.eval.linear import linear_of_run
+from dimcl.experiment import experiment_differences
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import BASELINES, LINEAR, load_run_config, read_metrics, read_result, run_state
 from dimcl.train.loop import pretrain
@@ -49,8 +51,8 @@ def _run_or_reuse(run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
     cfg = load_config(resolve_recipe(RECIPE), overrides)
     if run_dir.exists():
         try:
-            same = load_run_config(run_dir) == cfg
-        except ValueError:
+            same = not experiment_differences(load_run_config(run_dir).to_dict(), cfg.to_dict())
+        except BadInputError:
             same = False
         if same and run_state(run_dir, cfg.trainer.max_epochs) == "finished":
             print(f"reusing the finished run in {run_dir}")

@@ -7,8 +7,9 @@ import torch
 from conftest import write_fashion_mnist
 
 from dimcl.build import build_eval_datasets, build_pretrain_dataset, validation_split
-from dimcl.config import ConfigError, config_differences
+from dimcl.config import ConfigError
 from dimcl.data import build_dataset
+from dimcl.experiment import config_differences
 from dimcl.recipes import load_config, resolve_recipe
 
 

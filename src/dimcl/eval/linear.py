@@ -33,6 +33,7 @@ from dimcl.data import ViewConfig, build_view_transform, run_splits
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features
 from dimcl.run_dir import FEATURE_CACHE, LINEAR, write_result
+from dimcl.schedules import cosine
 from dimcl.trained import load_trained_backbone, run_dir_of
 
 __all__ = [
@@ -50,10 +51,6 @@ AUGMENTED = {"lr": 0.1, "weight_decay": 0.0, "batch_size": 256}
 
 
 # --------------------------------------------------------------------------------------- fast protocol
-
-
-def _cosine(lr: float, step: int, total: int) -> float:
-    return 0.5 * lr * (1 + math.cos(math.pi * step / total))
 
 
 @torch.no_grad()
@@ -138,7 +135,7 @@ def train_linear_probe(
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             for group in optimizer.param_groups:
-                group["lr"] = _cosine(lr, step, total)
+                group["lr"] = cosine(step, total, lr, 0.0)
             batch = order[start : start + batch_size]
             loss = F.cross_entropy(classifier(train_x[batch]), train_labels[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -215,7 +212,7 @@ def augmented_linear_eval(
                 with torch.no_grad():
                     features = backbone(images.to(device, non_blocking=True)).float()
                 for group in optimizer.param_groups:
-                    group["lr"] = _cosine(lr, step, total)
+                    group["lr"] = cosine(step, total, lr, 0.0)
                 logits = head(features[keep])
                 loss = F.cross_entropy(logits, labels[keep])
                 optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import math
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,10 +31,12 @@ from tqdm import tqdm
 
 from dimcl.build import backbone_metadata, build_method_from_config
 from dimcl.checkpoint import export_backbone, load_checkpoint, save_atomic
-from dimcl.config import RESUMABLE_KEYS, Config, ConfigError, config_differences, save_config
+from dimcl.config import Config, ConfigError, save_config
 from dimcl.data import bad_image_count, run_splits
 from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
+from dimcl.experiment import experiment_differences
+from dimcl.files import check_output_folder
 from dimcl.methods import SSLMethod, cosine_momentum
 from dimcl.provenance import provenance
 from dimcl.run_dir import (
@@ -49,11 +50,11 @@ from dimcl.run_dir import (
     hold_run_dir,
     restore_metrics,
 )
+from dimcl.schedules import warmup_cosine
 from dimcl.train.errors import NonFiniteLossError, TrainingInterrupted
 from dimcl.train.logs import RunCSVLogger, continue_logs, tensorboard_logger
 from dimcl.train.optim import build_optimizer, set_learning_rate
 from dimcl.train.sampling import EpochFeed
-from dimcl.train.schedules import warmup_cosine
 from dimcl.train.step_scalars import StepScalars, StepWhere
 from dimcl.train.wandb_logs import RunWandbLogger, wandb_run_id
 
@@ -163,9 +164,7 @@ def _loggers(cfg: Config, out_dir: Path) -> list:
 
 def _check_resume(cfg: Config, state: dict[str, Any]) -> list[str]:
     """Refuse a checkpoint of another config; a larger ``trainer.max_epochs`` is allowed, with a notice."""
-    allowed = RESUMABLE_KEYS
-    diffs = config_differences(state["config"], cfg.to_dict())
-    blocking = [d for d in diffs if d[0] not in allowed]
+    blocking = experiment_differences(state["config"], cfg.to_dict(), epochs="any")
     if blocking:
         listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in blocking)
         raise ConfigError(
@@ -195,23 +194,6 @@ class PretrainResult:
     model: Pretrainer
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """``out_dir`` is, or can become, a writable directory; checked before anything is read or written."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out '{out_dir}' is a file, not a directory; give a directory for the run")
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"--out '{out_dir}' cannot be created: '{existing}' is a file, not a directory")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as err:
-        raise ConfigError(
-            f"--out '{out_dir}' is not writable ({err.strerror} in '{existing}'); choose a directory you can write"
-        ) from None
-
-
 def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> PretrainResult:
     """Pretrain ``cfg`` into ``out_dir`` (see the module docstring for the order of things).
 
@@ -220,7 +202,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> Pr
     the run directory's lock from the first write to the end (see :func:`dimcl.run_dir.hold_run_dir`).
     """
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)
+    check_output_folder(out_dir, "--out", "the run")
     if resume not in (True, False, "auto"):
         raise ConfigError(f"resume must be true, false or 'auto', got {resume!r}")
     t = cfg.trainer

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Subset
 from dimcl.build import build_backbone_from_config
 from dimcl.config import Config, ConfigError
 from dimcl.data import ViewConfig, build_view_transform, labels_of, run_splits
+from dimcl.schedules import warmup_cosine
 from dimcl.train.sampling import epoch_seed
-from dimcl.train.schedules import warmup_cosine
 
 #: the supervised recipe (see the module docstring)
 SUPERVISED = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1.0}
