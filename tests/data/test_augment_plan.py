@@ -23,8 +23,8 @@ from dimcl.data.augment_plan import (
     kernel_offsets,
     scaled,
 )
-from dimcl.data.datasets import DatasetInfo
 from dimcl.data.device_views import BatchViewTransform
+from dimcl.data.info import DatasetInfo
 
 FASHION = dataset_info("fashion_mnist")
 CIFAR = dataset_info("cifar10")

@@ -12,9 +12,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as tvf
 
-from dimcl.build import build_device_views, build_pretrain_dataset
 from dimcl.checkpoint import load_checkpoint
-from dimcl.data import TensorImageDataset, ViewConfig, ViewTransform, byol_view_configs, dataset_info, eval_transform
+from dimcl.data import (
+    TensorImageDataset,
+    ViewConfig,
+    ViewTransform,
+    byol_view_configs,
+    dataset_info,
+    eval_transform,
+    run_splits,
+)
 from dimcl.data.augment_plan import RandomColumns
 from dimcl.data.device_views import (
     BatchMultiView,
@@ -311,11 +318,11 @@ def tiny_config(root, *extra):
 
 
 def test_setup_builds_raw_datasets_and_device_views(tiny_fashion_mnist) -> None:
-    assert build_device_views(tiny_config(tiny_fashion_mnist)) is None
-    cfg = tiny_config(tiny_fashion_mnist, "data.augment_on=device", "augment.contrast=0.3")
-    image, label = build_pretrain_dataset(cfg)[0]
+    assert run_splits(tiny_config(tiny_fashion_mnist)).device_views() is None
+    splits = run_splits(tiny_config(tiny_fashion_mnist, "data.augment_on=device", "augment.contrast=0.3"))
+    image, label = splits.pretrain()[0]
     assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and 0 <= label < 10
-    views = build_device_views(cfg)
+    views = splits.device_views()
     assert isinstance(views, BatchMultiView) and len(views) == 2
     assert [t.view.solarization_prob for t in views.transforms] == [0.0, 0.2]  # the recipe's views
     assert [t.view.contrast for t in views.transforms] == [0.3, 0.3]  # with its augment.* overrides
