@@ -1,8 +1,8 @@
 """From a validated :class:`~dimcl.config.Config` to the model of a run: backbone, method, the metadata
 exported with the weights.
 
-A run's images are built in :mod:`dimcl.data.splits` (``run_splits(cfg)``); the split functions below
-are that call under the names existing callers import.
+A run's images are built in :mod:`dimcl.data.splits` (``run_splits(cfg)``); the few split functions
+below are that call under the names older tests import.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from torch.utils.data import Dataset
 from dimcl.config import Config
 from dimcl.data import dataset_info, run_splits
 from dimcl.data.device_views import BatchMultiView
-from dimcl.data.splits import VALIDATION_SEED, validation_split
+from dimcl.data.splits import validation_split
 from dimcl.data.view_config import view_configs
 from dimcl.methods import SSLMethod, build_method
 from dimcl.models import build_backbone, stem_of
 from dimcl.version import __version__
 
 __all__ = [
-    "VALIDATION_SEED", "backbone_metadata", "build_backbone_from_config", "build_device_views",
-    "build_eval_datasets", "build_method_from_config", "build_pretrain_dataset", "crop_size", "describe_backbone",
-    "labelled_splits", "num_classes_of", "pretrain_images", "validation_split", "view_configs",
+    "backbone_metadata", "build_backbone_from_config", "build_device_views", "build_eval_datasets",
+    "build_method_from_config", "build_pretrain_dataset", "crop_size", "describe_backbone", "validation_split",
+    "view_configs",
 ]  # fmt: skip
 
 
@@ -34,11 +34,7 @@ def crop_size(cfg: Config) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# A run's splits, as run_splits(cfg) builds them (kept for the callers that import these names)
-
-
-def pretrain_images(cfg: Config, transform: Any) -> Dataset:
-    return run_splits(cfg).pretrain(transform)
+# A run's splits, as run_splits(cfg) builds them (kept for the tests that import these names)
 
 
 def build_pretrain_dataset(cfg: Config) -> Dataset:
@@ -49,16 +45,8 @@ def build_device_views(cfg: Config) -> BatchMultiView | None:
     return run_splits(cfg).device_views()
 
 
-def labelled_splits(cfg: Config, transform: Any) -> tuple[Dataset, Dataset]:
-    return run_splits(cfg).labelled(transform)
-
-
 def build_eval_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     return run_splits(cfg).labelled()
-
-
-def num_classes_of(cfg: Config, dataset: Dataset) -> int | None:
-    return run_splits(cfg).num_classes(dataset)
 
 
 # --------------------------------------------------------------------------------------------------
