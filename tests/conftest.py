@@ -41,6 +41,19 @@ def tiny_fashion_mnist(tmp_path_factory) -> Path:
     return write_fashion_mnist(tmp_path_factory.mktemp("fashion_mnist"))
 
 
+@pytest.fixture(scope="session")
+def tiny_byol_run(tiny_fashion_mnist, tmp_path_factory) -> Path:
+    """A finished one-epoch BYOL run on the tiny Fashion-MNIST (checkpoint and exported backbone). Shared:
+    copy it before writing into it."""
+    from dimcl.recipes import load_config, resolve_recipe
+    from dimcl.train.loop import pretrain
+
+    run = tmp_path_factory.mktemp("tiny_byol") / "run"
+    pretrain(load_config(resolve_recipe("fashion_mnist/byol"),
+                         [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "trainer.max_epochs=1", "eval.every=0"]), run)
+    return run
+
+
 #: overrides that make a pretraining run take seconds on a 2-core CPU
 TINY_RUN = [
     "method.proj_hidden_dim=32",

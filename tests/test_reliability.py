@@ -454,8 +454,13 @@ def test_writers_wait_readers_do_not_and_a_killed_holder_leaves_no_stale_lock(fi
         analyze = subprocess.run([DIMCL, "analyze", "--ckpt", str(run), "--images", "16"], capture_output=True,
                                  text=True, timeout=300)
         _assert_clean_failure(analyze, 2, str(run), f"process {holder.pid}")
+        # kNN writes knn.json (and the feature cache): a writer like every evaluation, refused alike.
         knn = subprocess.run([DIMCL, "knn", "--ckpt", str(run)], capture_output=True, text=True, timeout=300)
-        assert knn.returncode == 0, knn.stderr[-3000:]
+        _assert_clean_failure(knn, 2, str(run), f"process {holder.pid}")
+        # A reader that only reads takes no lock.
+        report = subprocess.run([DIMCL, "report", str(tmp_path), "--out", str(tmp_path / "out" / "report.md")],
+                                capture_output=True, text=True, timeout=300)
+        assert report.returncode == 0 and "1 run(s)" in report.stdout, report.stderr[-3000:]
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

@@ -85,9 +85,7 @@ def baselines(
     say = log or (lambda _: None)
     splits = run_splits(cfg)
     datasets = splits.labelled()
-    num_classes = splits.num_classes(datasets[0])
-    if not num_classes:
-        raise ConfigError(f"baselines need class labels, and the '{cfg.data.name}' training split has none")
+    num_classes = splits.class_count(datasets[0], "baselines")
     record: dict[str, Any] = {
         "seed": cfg.seed, "protocol": protocol_of(cfg),
         "bank_size": len(datasets[0]), "eval_size": len(datasets[1]),

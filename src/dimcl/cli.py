@@ -46,25 +46,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_knn(args: argparse.Namespace) -> int:
-    from dimcl.eval.offline import knn_of_run
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dimcl.eval import evaluate
 
-    result = knn_of_run(args.ckpt, device=args.device)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def _cmd_linear(args: argparse.Namespace) -> int:
-    from dimcl.eval.linear import linear_of_run
-    from dimcl.run_dir import hold_run_dir
-    from dimcl.trained import run_dir_of
-
-    if args.out is not None:
-        check_output_folder(args.out)
-    # The run directory is written (its feature cache) even when linear.json goes elsewhere.
-    with hold_run_dir(run_dir_of(args.ckpt)):
-        result = linear_of_run(args.ckpt, out_dir=args.out, device=args.device, protocol=args.protocol,
-                               epochs=args.epochs)
+    common = {"command", "func", "ckpt", "device", "out"}
+    options = {k: v for k, v in vars(args).items() if k not in common}
+    result = evaluate(args.command, args.ckpt, device=args.device, out_dir=args.out, **options)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -108,19 +95,6 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
         written = write_baselines(args.out, record)
         print(json.dumps({k: v for k, v in record.items() if k != "protocol"}, indent=2))
         print(f"wrote {written}")
-    return 0
-
-
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    from dimcl.eval.diversity import diagnose_run
-    from dimcl.run_dir import hold_run_dir
-    from dimcl.trained import run_dir_of
-
-    if args.out is not None:
-        check_output_folder(args.out)
-    with hold_run_dir(args.out or run_dir_of(args.ckpt)):
-        result = diagnose_run(args.ckpt, num_images=args.images, device=args.device, out_dir=args.out)
-    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -194,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pretrain_and_evaluations(sub: Any) -> None:
-    """``pretrain``, then the evaluations of a run: ``knn``, ``linear``, ``baselines``, ``analyze``."""
+    """``pretrain``, then the evaluations of a run (one command each of ``dimcl.eval.EVALUATIONS``), ``baselines``."""
     p = sub.add_parser(
         "pretrain",
         help="pretrain a backbone with an SSL method (+DimCL)",
@@ -209,23 +183,15 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("knn", help="weighted kNN top-1/top-5 of a run's backbone",
-                       description="Weighted kNN (k=eval.knn_k, T=eval.knn_temperature, cosine) of a trained "
-                       "backbone; prints JSON and writes knn.json into the run directory.")
-    p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
-    p.add_argument("--device", default="cpu", type=_device, help="torch device for feature extraction (default: cpu)")
-    p.set_defaults(func=_cmd_knn)
+    from dimcl.eval.registry import EVALUATIONS
 
-    p = sub.add_parser("linear", help="linear probe on a run's frozen backbone",
-                       description="Linear evaluation of a frozen backbone: 'fast' trains a linear layer on cached "
-                       "features (the CPU default); 'augmented' is the standard protocol on augmented images. "
-                       "Writes linear.json.")
-    p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
-    p.add_argument("--protocol", choices=["fast", "augmented"], default="fast")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
-    p.add_argument("--out", help="folder for linear.json (default: the run directory)")
-    p.set_defaults(func=_cmd_linear)
+    for evaluation in EVALUATIONS.values():
+        p = sub.add_parser(evaluation.name, help=evaluation.help, description=evaluation.description)
+        p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
+        evaluation.add_arguments(p)
+        p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
+        p.add_argument("--out", help=f"folder for {evaluation.file} (default: the run directory)")
+        p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("baselines", help="raw-pixel and random-init floors and a supervised ceiling",
                        description="For the evaluation protocol of a config (a recipe and overrides, or a run's "
@@ -244,16 +210,6 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_cmd_baselines)
-
-    p = sub.add_parser("analyze", help="feature-diversity diagnostics of a run",
-                       description="Mean |correlation| between dimensions, effective rank (RankMe), collapsed "
-                       "dimensions and the singular-value spectrum of backbone features and projector outputs on "
-                       "a fixed evaluation batch; writes diversity.json and PNG plots.")
-    p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint file inside one")
-    p.add_argument("--images", type=int, default=1024, help="evaluation images to analyse (default 1024)")
-    p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
-    p.add_argument("--out", help="output folder (default: the run directory)")
-    p.set_defaults(func=_cmd_analyze)
 
 
 def _add_sweeps_and_outputs(sub: Any) -> None:
@@ -319,6 +275,10 @@ def _add_sweeps_and_outputs(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # without building the parser, whose evaluation commands import torch
+        print(f"dimcl {__version__}")
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -5,12 +5,12 @@ the value and what is accepted (:func:`require`)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dimcl.errors import ConfigError
 
-if TYPE_CHECKING:
-    from dimcl.config import AugmentConfig, Config, DataConfig, EvalConfig, OptimConfig, TrainerConfig
+# The sections are typed Any: config.py calls these checks, so importing its classes here (even for type
+# checkers only) would make the two modules a circle. Each function's parameter is the section it names.
 
 
 def require(ok: bool, key: str, value: Any, accepted: str) -> None:
@@ -18,7 +18,7 @@ def require(ok: bool, key: str, value: Any, accepted: str) -> None:
         raise ConfigError(f"config key '{key}' got {value!r}; {accepted}")
 
 
-def check_values(cfg: Config) -> None:
+def check_values(cfg: Any) -> None:
     """Check every value against its range, section by section (names: :func:`dimcl.recipes.check_names`)."""
     cfg.dimcl.check()
     _check_data(cfg.data)
@@ -28,7 +28,7 @@ def check_values(cfg: Config) -> None:
     _check_augment(cfg.augment)
 
 
-def _check_data(d: DataConfig) -> None:
+def _check_data(d: Any) -> None:
     require(
         d.batch_size >= 2,
         "data.batch_size",
@@ -46,7 +46,7 @@ def _check_data(d: DataConfig) -> None:
     )
 
 
-def _check_trainer(t: TrainerConfig) -> None:
+def _check_trainer(t: Any) -> None:
     require(t.max_epochs >= 1, "trainer.max_epochs", t.max_epochs, "it must be a positive number of epochs")
     require(t.devices >= 1, "trainer.devices", t.devices, "it must be >= 1")
     require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "it must be >= 1")
@@ -64,7 +64,7 @@ def _check_trainer(t: TrainerConfig) -> None:
     require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "it must be >= 1")
 
 
-def _check_optim(o: OptimConfig) -> None:
+def _check_optim(o: Any) -> None:
     require(o.lr > 0, "optim.lr", o.lr, "the learning rate must be > 0")
     require(o.classifier_lr > 0, "optim.classifier_lr", o.classifier_lr, "it must be > 0")
     require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "it must be >= 0")
@@ -76,7 +76,7 @@ def _check_optim(o: OptimConfig) -> None:
     )
 
 
-def _check_eval(e: EvalConfig) -> None:
+def _check_eval(e: Any) -> None:
     require(e.every >= 0, "eval.every", e.every, "it must be >= 0 (0 turns kNN evaluation off)")
     require(e.knn_k >= 1, "eval.knn_k", e.knn_k, "it must be >= 1")
     require(e.diagnose_every >= 1, "eval.diagnose_every", e.diagnose_every, "it must be >= 1")
@@ -88,7 +88,7 @@ def _check_eval(e: EvalConfig) -> None:
 _VIEW_SHAPE_KEYS = ("crop_size", "crop_scale", "num_local_crops", "local_crop_size", "local_crop_scale")
 
 
-def _check_augment(a: AugmentConfig) -> None:
+def _check_augment(a: Any) -> None:
     for key in ("crop_scale", "local_crop_scale"):
         scale = getattr(a, key)
         if scale is not None:

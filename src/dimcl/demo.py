@@ -25,10 +25,10 @@ from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import baselines, protocol_of, read_baselines, write_baselines
 from dimcl.config import Config
 from dimcl.errors import BadInputError
-from dimcl.eval.linear import linear_of_run
+from dimcl.eval.linear import LINEAR, linear_of_run
 from dimcl.experiment import experiment_differences
 from dimcl.recipes import load_config, resolve_recipe
-from dimcl.run_dir import BASELINES, LINEAR, load_run_config, read_metrics, read_result, run_state
+from dimcl.run_dir import BASELINES, load_run_config, read_metrics, read_result, run_state
 from dimcl.train.loop import pretrain
 
 RECIPE = "fashion_mnist/byol"
@@ -89,7 +89,7 @@ def _train_arms(out: Path, base: list[str], parallel: bool) -> dict[str, list[di
 
 def _linear(run_dir: Path) -> dict[str, Any]:
     """The fast linear probe of a finished run (reused when its linear.json is there)."""
-    saved = read_result(run_dir, LINEAR)
+    saved = read_result(run_dir, LINEAR.file)
     return saved if saved is not None else linear_of_run(run_dir)
 
 

@@ -7,12 +7,14 @@
     <run>/provenance.jsonl            what the run ran on (dimcl commit, versions, machine), a line per start
     <run>/logs/, <run>/tensorboard/   Fabric's CSV and TensorBoard loggers
     <run>/.dimcl.lock                 held (flock) by the one process writing the run; removed when it ends
-    <run>/knn.json, linear.json       evaluations of the finished backbone (dimcl knn, dimcl linear)
-    <run>/diversity.json, *.png       feature-diversity figures and plots (dimcl diagnose)
+    <run>/knn.json, linear.json, ...  evaluations of the finished backbone, one file each (dimcl knn, dimcl
+                                      linear, ...; the names are in dimcl.eval.EVALUATIONS)
+    <run>/diversity.json, *.png       feature-diversity figures and plots (dimcl analyze)
     <run>/features/                   cached features of the evaluation splits, shared by kNN and linear
     <run>/baselines.json              floors and ceiling of the protocol (dimcl baselines; also in a sweep folder)
 
-This module owns these names and the checkpoint's layout; nothing else spells them.
+This module owns these names (the evaluations' files aside) and the checkpoint's layout; nothing else
+spells them.
 """
 
 from __future__ import annotations
@@ -39,10 +41,6 @@ PROVENANCE = "provenance.jsonl"
 LOCK = ".dimcl.lock"
 #: floors and ceiling of a run's or a sweep's protocol (``dimcl baselines``)
 BASELINES = "baselines.json"
-#: the evaluations of a finished run, one JSON file each (see dimcl.eval.EVALUATIONS)
-KNN = "knn.json"
-LINEAR = "linear.json"
-DIVERSITY = "diversity.json"
 #: cached features of the evaluation splits (dimcl.eval.features)
 FEATURE_CACHE = "features"
 #: the checkpoint's model state is the training module's: the method under ``method.`` (so its backbone
@@ -125,7 +123,7 @@ def weights_under(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def write_result(directory: str | Path, name: str, result: dict[str, Any]) -> Path:
-    """Write an evaluation's ``result`` as ``directory/name`` (e.g. :data:`LINEAR`), replacing it atomically."""
+    """Write an evaluation's ``result`` as ``directory/name`` (e.g. ``linear.json``), replacing it atomically."""
     path = Path(directory) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())

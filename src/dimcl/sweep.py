@@ -13,6 +13,7 @@ A grid file (YAML)::
     linear: true                        # linear probe (fast protocol) after each cell; default false
     diagnose: true                      # diversity.json after each cell; default true
     diagnose_images: 1024               # the first images of the eval split the diagnostics use
+    evaluations: [knn]                  # any evaluation by name (dimcl.eval.EVALUATIONS), besides the above
     device: auto                        # where the evaluations run: auto (cuda if present), cpu, cuda, ...
 
 ``recipe`` may also be a grid key or a key of an explicit cell, so one sweep can compare methods that
@@ -45,16 +46,12 @@ import torch
 import yaml
 
 from dimcl.config import Config, ConfigError
-from dimcl.eval import EVALUATIONS
-from dimcl.eval.diversity import diagnose_run
-from dimcl.eval.linear import linear_of_run
+from dimcl.eval import EVALUATIONS, evaluate
 from dimcl.experiment import experiment_differences
 from dimcl.files import write_atomic
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import (
     CONFIG,
-    DIVERSITY,
-    LINEAR,
     hold_run_dir,
     reached_max_epochs,
     read_metrics,
@@ -69,7 +66,13 @@ __all__ = [
 ]
 
 SWEEP_FILE = "sweep.json"
-_GRID_KEYS = ("recipe", "config", "overrides", "grid", "cells", "linear", "diagnose", "diagnose_images", "device")
+#: the grid file's keys: the cells, then each evaluation's switch and options (from EVALUATIONS), then
+#: ``evaluations`` (a list of names: every stage by name, also those without a switch) and ``device``
+_GRID_KEYS = (
+    "recipe", "config", "overrides", "grid", "cells",
+    *(key for e in EVALUATIONS.values() for key in ([e.grid_flag] if e.grid_flag else []) + list(e.grid_options)),
+    "evaluations", "device",
+)
 
 
 @dataclass
@@ -79,9 +82,11 @@ class SweepSpec:
     recipe: Path | None
     overrides: list[str] = field(default_factory=list)
     cells: list[dict[str, Any]] = field(default_factory=list)
-    linear: bool = False
-    diagnose: bool = True
-    diagnose_images: int = 1024
+    #: the evaluations run after each cell, names in :data:`~dimcl.eval.EVALUATIONS` in its order (by
+    #: default those whose grid switch is on by default: the diagnostics)
+    evaluations: list[str] = field(default_factory=lambda: [e.name for e in EVALUATIONS.values() if e.grid_default])
+    #: each evaluation's options from the grid file, e.g. ``{"analyze": {"num_images": 1024}}``
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "auto"
 
 
@@ -195,13 +200,36 @@ def load_grid(grid_file: str | Path) -> SweepSpec:
         raise ConfigError(f"grid file '{path}': 'cells' must be a list of mappings of config keys, got {explicit!r}")
 
     spec = SweepSpec(recipe, list(overrides), _expand(grid, explicit))
-    for key, kind in (("linear", bool), ("diagnose", bool), ("diagnose_images", int), ("device", str)):
-        if key in data:
-            value = data[key]
-            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
-                raise ConfigError(f"grid file '{path}': '{key}' got {value!r}; it takes {kind.__name__}")
-            setattr(spec, key, value)
+    _read_stages(path, data, spec)
     return spec
+
+
+def _read_stages(path: Path, data: dict[str, Any], spec: SweepSpec) -> None:
+    """The grid file's evaluations after each cell: the switches, the options, ``evaluations`` and ``device``."""
+    def bad(key: str, value: Any, accepted: str) -> ConfigError:
+        return ConfigError(f"grid file '{path}': '{key}' got {value!r}; it takes {accepted}")
+
+    chosen = set(spec.evaluations)
+    for e in EVALUATIONS.values():
+        if e.grid_flag in data:
+            if not isinstance(data[e.grid_flag], bool):
+                raise bad(e.grid_flag, data[e.grid_flag], "bool")
+            (chosen.add if data[e.grid_flag] else chosen.discard)(e.name)
+        for key, option in e.grid_options.items():
+            if key in data:
+                value = data[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise bad(key, value, "a positive int")
+                spec.options.setdefault(e.name, {})[option] = value
+    names = data.get("evaluations", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n in EVALUATIONS for n in names):
+        raise bad("evaluations", names, f"a list of evaluation names ({', '.join(EVALUATIONS)})")
+    chosen.update(names)
+    spec.evaluations = [name for name in EVALUATIONS if name in chosen]
+    if "device" in data:
+        if not isinstance(data["device"], str):
+            raise bad("device", data["device"], "str")
+        spec.device = data["device"]
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -229,8 +257,7 @@ def _cell_state(spec: SweepSpec, cfg: Config, run_dir: Path) -> str:
     study resumed on a new machine must not train it again."""
     state = run_state(run_dir, cfg.trainer.max_epochs)
     if state == "new" and reached_max_epochs(read_metrics(run_dir), cfg.trainer.max_epochs):
-        wanted = [LINEAR] * spec.linear + [DIVERSITY] * spec.diagnose
-        if all((run_dir / name).is_file() for name in wanted):
+        if all((run_dir / EVALUATIONS[name].file).is_file() for name in spec.evaluations):
             return "finished"
     return state
 
@@ -247,19 +274,20 @@ def _is_main_process() -> bool:
 
 
 def summary_of_run(run_dir: Path) -> dict[str, Any]:
-    """The headline figures of a run directory, for ``sweep.json``."""
+    """The headline figures of a run directory, for ``sweep.json``: each evaluation's first column, from
+    its result file, else (a per-epoch figure) from the last epoch that has it."""
     out: dict[str, Any] = {}
     records = read_metrics(run_dir)
     if records:
         out["epochs_done"] = records[-1]["epoch"]
-        knn = [r["knn_top1"] for r in records if "knn_top1" in r]
-        if knn:
-            out["knn_top1"] = knn[-1]
-    for evaluation in (EVALUATIONS["linear"], EVALUATIONS["analyze"]):
+    for evaluation in EVALUATIONS.values():
+        headline = evaluation.columns[0]
         saved = read_result(run_dir, evaluation.file) or {}
-        headline = evaluation.figures[0]
-        if headline in saved:
-            out[headline] = saved[headline]
+        per_epoch = [r[headline.key] for r in records if headline.key in r] if headline.per_epoch else []
+        if headline.key in saved:
+            out[headline.key] = saved[headline.key]
+        elif per_epoch:
+            out[headline.key] = per_epoch[-1]
     return out
 
 
@@ -395,10 +423,9 @@ def run_sweep(
         if main:
             # After a (re)training the old evaluations describe another backbone: redo them.
             with hold_run_dir(run_dir):  # they write into the cell's run directory, as pretrain does
-                if spec.linear and (trains or not (run_dir / LINEAR).is_file()):
-                    linear_of_run(run_dir, device=device)
-                if spec.diagnose and (trains or not (run_dir / DIVERSITY).is_file()):
-                    diagnose_run(run_dir, num_images=spec.diagnose_images, device=device)
+                for stage in spec.evaluations:
+                    if trains or not (run_dir / EVALUATIONS[stage].file).is_file():
+                        evaluate(stage, run_dir, device=device, **spec.options.get(stage, {}))
             result.update(summary_of_run(run_dir))
             write_status()
     return results

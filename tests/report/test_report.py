@@ -10,9 +10,9 @@ import pytest
 from dimcl.config import save_config
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.report import build_report
+from dimcl.report.plots import _epoch_figure
 from dimcl.report.report import (
     Run,
-    _epoch_figure,
     compare_groups,
     group_runs,
     load_runs,

@@ -155,6 +155,14 @@ class RunSplits:
             return None
         return int(labels.max()) + 1
 
+    def class_count(self, dataset: Dataset, needed_by: str) -> int:
+        """:meth:`num_classes`, for what cannot run without labels: an unlabelled ``dataset`` is bad input,
+        refused with one message naming ``needed_by`` (the one check of it, for every evaluation)."""
+        count = self.num_classes(dataset)
+        if not count:
+            raise ConfigError(f"{needed_by} needs class labels, and the '{self.data.name}' training split has none")
+        return count
+
 
 def run_splits(cfg: Config) -> RunSplits:
     """The splits of the run ``cfg`` describes (nothing is opened yet)."""

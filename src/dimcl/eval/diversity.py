@@ -12,11 +12,14 @@ float64 on the CPU:
 - ``singular_spectrum``: the normalised singular values, for plotting.
 
 :func:`diagnose` runs a method's backbone and projector over a fixed batch; :func:`diagnose_run`
-does it for a run directory and writes ``diversity.json``.
+does it for a run directory and writes ``diversity.json``: the ``analyze`` evaluation (``dimcl analyze``),
+whose per-epoch form is ``eval.diagnose`` during pretraining.
 """
 
 from __future__ import annotations
 
+import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dimcl.data import run_splits
-from dimcl.run_dir import DIVERSITY, write_result
-from dimcl.trained import load_trained_method, run_dir_of
+from dimcl.errors import ConfigError
+from dimcl.eval.evaluate import evaluate
+from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
+from dimcl.trained import load_trained_method
 
 __all__ = [
     "collapsed_dimensions",
@@ -166,19 +170,13 @@ def fixed_eval_batch(dataset: Dataset, num_images: int = DEFAULT_IMAGES) -> Tens
     return torch.stack([dataset[i][0] for i in range(count)])
 
 
-def diagnose_run(
-    path: str | Path,
-    num_images: int = DEFAULT_IMAGES,
-    device: str | torch.device = "cpu",
-    out_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """:func:`diagnose` of a run's final model on the first ``num_images`` images of its eval split.
-
-    Writes ``diversity.json`` to ``out_dir`` (default: the run directory) and returns the same dict.
-    Only ``backbone_*`` figures when the run kept no checkpoint (the projector is not exported).
-    """
-    method, backbone, cfg = load_trained_method(path)
-    images = fixed_eval_batch(run_splits(cfg).labelled()[1], num_images)
+def _diagnose_run(run: RunToEvaluate, device: str | torch.device = "cpu", num_images: int = DEFAULT_IMAGES
+                  ) -> dict[str, Any]:
+    if num_images < 2:
+        raise ConfigError(f"--images got {num_images}; the diagnostics need at least 2 images (default "
+                          f"{DEFAULT_IMAGES})")
+    method, backbone, _ = load_trained_method(run.path)
+    images = fixed_eval_batch(run.labelled[1], num_images)
     if method is not None:
         result: dict[str, Any] = diagnose(method.to(device), images)
     else:
@@ -186,16 +184,60 @@ def diagnose_run(
         with torch.no_grad():
             result = diversity_report(backbone(images.to(device)), "backbone_")
     result["num_images"] = images.shape[0]
-    target = Path(out_dir) if out_dir is not None else run_dir_of(path)
-    write_result(target, DIVERSITY, result)
     with torch.no_grad():
         backbone.eval()
         features = {"backbone": backbone(images.to(device))}
         if method is not None:
             method.eval()
             features["projector"] = method.projector(features["backbone"])
-    plot_diagnostics(features, target)
+    plot_diagnostics(features, run.out_dir)
     return result
+
+
+def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, dest="num_images",
+                        help=f"evaluation images to analyse (default {DEFAULT_IMAGES})")
+
+
+_diversity_column = partial(Column, per_epoch=True)
+ANALYZE = register(Evaluation(
+    name="analyze",
+    file="diversity.json",
+    order=30,
+    help="feature-diversity diagnostics of a run",
+    description="Mean |correlation| between dimensions, effective rank (RankMe), collapsed dimensions and the "
+    "singular-value spectrum of backbone features and projector outputs on a fixed evaluation batch; writes "
+    "diversity.json and PNG plots.",
+    run=_diagnose_run,
+    columns=(
+        _diversity_column("backbone_effective_rank", "backbone eff. rank", 1, compared=True),
+        _diversity_column("backbone_mean_abs_corr", "backbone mean abs corr", 3),
+        _diversity_column("backbone_collapsed_dims", "backbone collapsed dims", 1),
+        _diversity_column("projector_effective_rank", "projector eff. rank", 1),
+        _diversity_column("projector_mean_abs_corr", "projector mean abs corr", 3),
+        _diversity_column("projector_collapsed_dims", "projector collapsed dims", 1),
+    ),
+    needs_labels=False,
+    add_arguments=_analyze_arguments,
+    grid_flag="diagnose",
+    grid_default=True,
+    grid_options={"diagnose_images": "num_images"},
+))
+
+
+def diagnose_run(
+    path: str | Path,
+    num_images: int = DEFAULT_IMAGES,
+    device: str | torch.device = "cpu",
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """:func:`diagnose` of a run's final model on the first ``num_images`` images of its eval split
+    (``dimcl analyze``; :func:`dimcl.eval.evaluate.evaluate` with ``"analyze"``).
+
+    Writes ``diversity.json`` and the plots to ``out_dir`` (default: the run directory) and returns the
+    figures. Only ``backbone_*`` figures when the run kept no checkpoint (the projector is not exported).
+    """
+    return evaluate(ANALYZE.name, path, device=device, out_dir=out_dir, num_images=num_images)
 
 
 def plot_diagnostics(features: dict[str, Tensor], out_dir: str | Path, max_dims: int = 64) -> list[Path]:

@@ -19,6 +19,7 @@ Both report top-1 and top-5 accuracy (percent) on the un-augmented evaluation sp
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -30,11 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from dimcl.config import Config, ConfigError
 from dimcl.data import ViewConfig, build_view_transform, run_splits
+from dimcl.eval.evaluate import evaluate
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features
-from dimcl.run_dir import FEATURE_CACHE, LINEAR, write_result
+from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
+from dimcl.run_dir import FEATURE_CACHE
 from dimcl.schedules import cosine
-from dimcl.trained import load_trained_backbone, run_dir_of
+from dimcl.trained import load_trained_backbone
 
 __all__ = [
     "augmented_linear_eval",
@@ -186,9 +189,7 @@ def augmented_linear_eval(
     train_set = _augmented_train_set(cfg)
     splits = run_splits(cfg)
     eval_set = splits.labelled()[1]
-    num_classes = splits.num_classes(train_set)
-    if not num_classes:
-        raise ConfigError(f"linear evaluation needs class labels, and the '{cfg.data.name}' training split has none")
+    num_classes = splits.class_count(train_set, "linear evaluation")
     torch.manual_seed(seed)  # the crops are drawn from the global generator (the workers' from the loader's)
     loader = DataLoader(
         train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size,
@@ -236,6 +237,56 @@ def augmented_linear_eval(
 # ------------------------------------------------------------------------------------------ run dirs
 
 
+def _linear_of_run(
+    run: RunToEvaluate,
+    device: str | torch.device = "cpu",
+    protocol: Literal["fast", "augmented"] = "fast",
+    epochs: int = 100,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    if protocol not in ("fast", "augmented"):
+        raise ConfigError(f"linear protocol '{protocol}' is unknown; choose 'fast' (cached features) or 'augmented'")
+    if epochs < 1:
+        raise ConfigError(f"--epochs got {epochs}; the linear probe trains for at least 1 epoch")
+    backbone, cfg = load_trained_backbone(run.path)
+    backbone.to(device)
+    train_set, eval_set = run.labelled
+    if protocol == "fast":
+        settings: dict[str, Any] = dict(epochs=epochs, seed=seed, **FAST)
+        features = cached_eval_features(backbone, cfg, cache_dir or run.run_dir / FEATURE_CACHE, device,
+                                        datasets=run.labelled)
+        result = train_linear_probe(*features, run.num_classes, **settings)
+    else:
+        settings = dict(epochs=epochs, seed=seed, **AUGMENTED)
+        result = augmented_linear_eval(backbone, cfg, device, **settings)
+    return {
+        "linear_top1": result["top1"], "linear_top5": result["top5"], "linear_train_top1": result["train_top1"],
+        "protocol": protocol, **settings, "num_classes": run.num_classes,
+        "train_size": len(train_set), "eval_size": len(eval_set),
+    }
+
+
+def _linear_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=["fast", "augmented"], default="fast")
+    parser.add_argument("--epochs", type=int, default=100)
+
+
+LINEAR = register(Evaluation(
+    name="linear",
+    file="linear.json",
+    order=20,
+    help="linear probe on a run's frozen backbone",
+    description="Linear evaluation of a frozen backbone: 'fast' trains a linear layer on cached features (the CPU "
+    "default); 'augmented' is the standard protocol on augmented images. Writes linear.json.",
+    run=_linear_of_run,
+    columns=(Column("linear_top1", "linear top-1 (%)", 2, compared=True),),
+    uses_run_dir=True,
+    add_arguments=_linear_arguments,
+    grid_flag="linear",
+))
+
+
 def linear_of_run(
     run_path: str | Path,
     out_dir: str | Path | None = None,
@@ -252,28 +303,5 @@ def linear_of_run(
     ``out_dir`` defaults to the run directory, ``cache_dir`` (fast protocol's features) to
     ``<run>/features``. Keys: ``linear_top1``, ``linear_top5``, ``linear_train_top1`` and the settings.
     """
-    if protocol not in ("fast", "augmented"):
-        raise ConfigError(f"linear protocol '{protocol}' is unknown; choose 'fast' (cached features) or 'augmented'")
-    run = run_dir_of(run_path)
-    backbone, cfg = load_trained_backbone(run_path)
-    backbone.to(device)
-    splits = run_splits(cfg)
-    train_set, eval_set = splits.labelled()
-    num_classes = splits.num_classes(train_set)
-    if not num_classes:
-        raise ConfigError(f"linear evaluation needs class labels, and the '{cfg.data.name}' training split has none")
-    if protocol == "fast":
-        settings: dict[str, Any] = dict(epochs=epochs, seed=seed, **FAST)
-        features = cached_eval_features(backbone, cfg, cache_dir or run / FEATURE_CACHE, device,
-                                        datasets=(train_set, eval_set))
-        result = train_linear_probe(*features, num_classes, **settings)
-    else:
-        settings = dict(epochs=epochs, seed=seed, **AUGMENTED)
-        result = augmented_linear_eval(backbone, cfg, device, **settings)
-    out: dict[str, Any] = {
-        "linear_top1": result["top1"], "linear_top5": result["top5"], "linear_train_top1": result["train_top1"],
-        "protocol": protocol, **settings, "num_classes": num_classes,
-        "train_size": len(train_set), "eval_size": len(eval_set),
-    }
-    write_result(Path(out_dir) if out_dir is not None else run, LINEAR, out)
-    return out
+    return evaluate(LINEAR.name, run_path, device=device, out_dir=out_dir, protocol=protocol, epochs=epochs,
+                    seed=seed, cache_dir=cache_dir)

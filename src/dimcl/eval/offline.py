@@ -9,12 +9,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dimcl.config import Config, ConfigError
+from dimcl.config import Config
 from dimcl.data import run_splits
+from dimcl.eval.evaluate import evaluate
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features, weighted_knn
-from dimcl.run_dir import FEATURE_CACHE, KNN, write_result
-from dimcl.trained import load_trained_backbone, run_dir_of
+from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
+from dimcl.run_dir import FEATURE_CACHE
+from dimcl.trained import load_trained_backbone
 
 
 def knn_of_features(
@@ -52,29 +54,35 @@ def knn_of_backbone(
     """
     splits = run_splits(cfg)
     bank_set, test_set = datasets if datasets is not None else splits.labelled()
-    num_classes = num_classes or splits.num_classes(bank_set)
-    if not num_classes:
-        raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
+    num_classes = num_classes or splits.class_count(bank_set, "kNN")
     loader_args = dict(batch_size=batch_size, num_workers=cfg.data.num_workers)
     train_features, train_labels = extract_features(backbone, DataLoader(bank_set, **loader_args), device)
     test_features, test_labels = extract_features(backbone, DataLoader(test_set, **loader_args), device)
     return knn_of_features(train_features, train_labels, test_features, test_labels, cfg, num_classes, device)
 
 
-def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """kNN of a run's backbone, on features cached in ``<run>/features`` (shared with ``dimcl linear``).
-
-    The result is written to ``knn.json`` in the run directory too.
-    """
-    backbone, cfg = load_trained_backbone(path)
+def _knn_of_run(run: RunToEvaluate, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """kNN of a run's backbone, on features cached in ``<run>/features`` (shared with ``dimcl linear``)."""
+    backbone, _ = load_trained_backbone(run.path)
     backbone.to(device)
-    run = run_dir_of(path)
-    splits = run_splits(cfg)
-    datasets = splits.labelled()
-    num_classes = splits.num_classes(datasets[0])
-    if not num_classes:
-        raise ConfigError(f"kNN needs class labels, and the '{cfg.data.name}' training split has none")
-    features = cached_eval_features(backbone, cfg, run / FEATURE_CACHE, device, datasets=datasets)
-    result = knn_of_features(*features, cfg, num_classes, device)
-    write_result(run, KNN, result)
-    return result
+    features = cached_eval_features(backbone, run.cfg, run.run_dir / FEATURE_CACHE, device, datasets=run.labelled)
+    return knn_of_features(*features, run.cfg, run.num_classes, device)
+
+
+KNN = register(Evaluation(
+    name="knn",
+    file="knn.json",
+    order=10,
+    help="weighted kNN top-1/top-5 of a run's backbone",
+    description="Weighted kNN (k=eval.knn_k, T=eval.knn_temperature, cosine) of a trained backbone; prints JSON "
+    "and writes knn.json into the run directory (or --out).",
+    run=_knn_of_run,
+    columns=(Column("knn_top1", "kNN top-1 (%)", 2, compared=True, per_epoch=True),),
+    uses_run_dir=True,
+))
+
+
+def knn_of_run(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """kNN of a run's backbone (``path``: a run directory or a file inside one), also written to its
+    ``knn.json``; :func:`dimcl.eval.evaluate.evaluate` with ``"knn"``."""
+    return evaluate(KNN.name, path, device=device)

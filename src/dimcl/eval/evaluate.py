@@ -1,0 +1,54 @@
+"""Running any evaluation of :data:`~dimcl.eval.registry.EVALUATIONS` on a run, the same way for all.
+
+:func:`evaluate` takes the run directory's lock (an evaluation writes its result there, or a feature
+cache), reads the run's config and opens its labelled splits once, refuses an unlabelled dataset for an
+evaluation that needs labels, runs the evaluation and writes its result file atomically.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dimcl.data import run_splits
+from dimcl.eval.registry import EVALUATIONS, RunToEvaluate
+from dimcl.files import check_output_folder
+from dimcl.run_dir import hold_run_dir, load_run_config, write_result
+from dimcl.trained import run_dir_of
+
+
+def evaluate(
+    name: str,
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    out_dir: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Run evaluation ``name`` on the run at ``path`` (a run directory, or a checkpoint / backbone file
+    inside one) and write its result file into ``out_dir`` (default: the run directory); returns the result.
+
+    ``options`` are the evaluation's own (``epochs=`` for ``linear``, ``num_images=`` for ``analyze``, ...).
+    """
+    evaluation = EVALUATIONS[name]
+    run_dir = run_dir_of(path)
+    target = run_dir if out_dir is None else Path(out_dir)
+    if out_dir is not None:
+        check_output_folder(target)
+    cfg = load_run_config(run_dir)
+    splits = run_splits(cfg)
+    labelled = splits.labelled()
+    num_classes = splits.class_count(labelled[0], name) if evaluation.needs_labels else splits.num_classes(labelled[0])
+    with ExitStack() as held:
+        # Everything that writes into a run directory holds its lock (a second writer is refused by name).
+        if target == run_dir or evaluation.uses_run_dir:
+            held.enter_context(hold_run_dir(run_dir))
+        if target != run_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            held.enter_context(hold_run_dir(target))
+        run = RunToEvaluate(Path(path), run_dir, cfg, splits, labelled, num_classes, target)
+        result = evaluation.run(run, device=device, **options)
+        write_result(target, evaluation.file, result)
+    return result
