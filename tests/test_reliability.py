@@ -78,6 +78,16 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
     (truncated / "config.yaml").write_bytes((finished / "config.yaml").read_bytes())
     ckpt = (finished / "checkpoints" / "last.ckpt").read_bytes()
     (truncated / "checkpoints" / "last.ckpt").write_bytes(ckpt[: len(ckpt) // 2])
+    hostile = {  # a run's config.yaml: an alias bomb (1 KB, gigabytes once walked), a code tag, a list, nothing
+        "alias_bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi", strict=True)),
+        "code_tag": "data: !!python/object/apply:os.system [echo pwned]\n",
+        "a_list": "- 1\n- 2\n",
+        "empty": "",
+    }
+    for name, text in hostile.items():
+        (scratch / name).mkdir()
+        (scratch / name / "config.yaml").write_text(text)
     out = str(scratch / "out")
     pre = ["pretrain", "-c", "fashion_mnist/byol", "-o", out, f"data.root={root}", *TINY_RUN]
     resume = ["pretrain", "-c", "fashion_mnist/byol", "-o", str(finished), "--resume", f"data.root={root}", *TINY_RUN,
@@ -128,6 +138,17 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
         ("a patch size the image cannot take", [*pre, "backbone.name=vit_tiny", "backbone.patch_size=5"], "patch_size"),
         ("an option the backbone has not", [*pre, "backbone.patch_size=4"], "patch_size"),
         ("DimCL over one dimension", [*pre, "method.proj_output_dim=1"], "proj_output_dim"),
+        ("a YAML alias bomb as a run's config", ["knn", "--ckpt", str(scratch / "alias_bomb")], "alias"),
+        ("a code tag in a run's config", ["knn", "--ckpt", str(scratch / "code_tag")], "python/object"),
+        ("a list as a run's config", ["linear", "--ckpt", str(scratch / "a_list")], "got list"),
+        ("an empty run config", ["analyze", "--ckpt", str(scratch / "empty")], "got NoneType"),
+        ("an infinite learning rate", [*pre, "optim.lr=.inf"], "finite"),
+        ("an infinite warm-up", [*pre, "optim.warmup_epochs=.inf"], "finite"),
+        ("an infinite temperature", [*pre, "dimcl.temperature=.inf"], "finite"),
+        ("a seed past 64 bits", [*pre, "seed=1180591620717411303424"], "seed"),
+        ("a negative warm-up start", [*pre, "optim.warmup_start_lr=-5"], "warmup_start_lr"),
+        ("a negative LARS eta", [*pre, "optim.eta=-1"], "optim.eta"),
+        ("betas out of range", [*pre, "optim.betas=[2,3]"], "optim.betas"),
     ]
 
 

@@ -21,9 +21,10 @@ from typing import Any, Literal
 import yaml
 
 from dimcl.config_checks import check_values, require
-from dimcl.errors import ConfigError
+from dimcl.errors import BadInputError, ConfigError
 from dimcl.files import write_atomic
 from dimcl.names import did_you_mean
+from dimcl.yaml_files import load_yaml, read_yaml
 
 
 @dataclass
@@ -359,8 +360,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' is not of the form key=value, e.g. trainer.max_epochs=5")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"override '{text}'") if raw.strip() else None
+    except BadInputError:
         value = raw
     return key.strip(), value
 
@@ -370,13 +371,7 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; `dimcl list` shows the bundled recipes")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "a syntax error"
-        raise ConfigError(f"config file '{path}' is not valid YAML: {problem}{where}") from None
+    data = read_yaml(path, f"config file '{path}'") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
     return data

@@ -5,6 +5,7 @@ the value and what is accepted (:func:`require`)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from dimcl.errors import ConfigError
@@ -18,14 +19,38 @@ def require(ok: bool, key: str, value: Any, accepted: str) -> None:
         raise ConfigError(f"config key '{key}' got {value!r}; {accepted}")
 
 
+#: seeds are combined with epochs and ranks into 64-bit generator seeds (dimcl.train.sampling.epoch_seed)
+MAX_SEED = 2**40
+
+
 def check_values(cfg: Any) -> None:
-    """Check every value against its range, section by section (names: :func:`dimcl.recipes.check_names`)."""
+    """Check every value against its range, section by section (names: :func:`dimcl.recipes.check_names`).
+
+    First the one rule for every number of every section: finite, and an integer within 64 bits (an
+    infinite learning rate or temperature would train to NaN or a constant loss; 2**70 overflows torch)."""
+    _check_numbers(cfg)
+    require(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, "a seed is an integer in [0, 2**40]")
     cfg.dimcl.check()
     _check_data(cfg.data)
     _check_trainer(cfg.trainer)
     _check_optim(cfg.optim)
     _check_eval(cfg.eval)
     _check_augment(cfg.augment)
+
+
+def _check_numbers(node: Any, prefix: str = "") -> None:
+    fields = dataclasses.fields(node) if not isinstance(node, dict) else ()
+    items = node.items() if isinstance(node, dict) else ((f.name, getattr(node, f.name)) for f in fields)
+    for name, value in items:
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):  # a section, or a method's options
+            _check_numbers(value, f"{prefix}{name}." if name != "options" else prefix)
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, float):
+                require(math.isfinite(item), key, value, "numbers must be finite")
+            elif isinstance(item, int) and not isinstance(item, bool):
+                require(-(2**63) <= item < 2**63, key, value, "integers must fit in 64 bits")
 
 
 def _check_data(d: Any) -> None:
@@ -71,6 +96,10 @@ def _check_optim(o: Any) -> None:
     require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "it must lie in [0, 1)")
     require(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "it must be >= 0")
     require(o.min_lr >= 0, "optim.min_lr", o.min_lr, "it must be >= 0")
+    require(o.warmup_start_lr >= 0, "optim.warmup_start_lr", o.warmup_start_lr, "it must be >= 0")
+    require(o.eta > 0, "optim.eta", o.eta, "LARS' trust coefficient must be > 0")
+    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+            "AdamW's betas are two numbers in [0, 1)")
     require(
         o.accumulate_grad_batches >= 1, "optim.accumulate_grad_batches", o.accumulate_grad_batches, "it must be >= 1"
     )

@@ -27,11 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dimcl.config import Config, ConfigError
 from dimcl.files import append_line, write_atomic
 from dimcl.recipes import config_from_dict
+from dimcl.yaml_files import read_yaml
 
 CONFIG = "config.yaml"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -57,7 +56,11 @@ def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise ConfigError(f"'{run_dir}' is not a dimcl run directory: it has no {CONFIG}")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    data = read_yaml(path, f"'{path}'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' must hold a run's configuration (a mapping of sections), got "
+                          f"{type(data).__name__}; it is not a config.yaml dimcl wrote")
+    return config_from_dict(data)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

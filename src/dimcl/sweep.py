@@ -59,6 +59,7 @@ from dimcl.run_dir import (
     run_state,
 )
 from dimcl.train.loop import NonFiniteLossError, TrainingInterrupted, pretrain
+from dimcl.yaml_files import read_yaml
 
 __all__ = [
     "SweepSpec", "cell_name", "cell_overrides", "cell_recipe", "load_grid", "run_sweep", "summary_of_run",
@@ -151,11 +152,21 @@ def _expand(grid: dict[str, list[Any]], explicit: list[dict[str, Any]]) -> list[
         keys = list(grid)
         cells = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
     cells += [dict(cell) for cell in explicit]
-    unique: list[dict[str, Any]] = []
+    # First occurrence kept; a hashable key with the same equality as the dicts (1 == 1.0, key order
+    # ignored), so that the de-duplication is linear in the number of cells (a list scan was quadratic).
+    unique: dict[Any, dict[str, Any]] = {}
     for cell in cells:
-        if cell not in unique:
-            unique.append(cell)
-    return unique
+        unique.setdefault(_frozen(cell), cell)
+    return list(unique.values())
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as a hashable that compares equal exactly when the values do (dicts, lists, scalars)."""
+    if isinstance(value, dict):
+        return frozenset((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return (type(value) is tuple, tuple(_frozen(v) for v in value))
+    return value
 
 
 def load_grid(grid_file: str | Path) -> SweepSpec:
@@ -163,10 +174,7 @@ def load_grid(grid_file: str | Path) -> SweepSpec:
     path = Path(grid_file)
     if not path.is_file():
         raise ConfigError(f"grid file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"grid file '{path}' is not valid YAML: {err}") from None
+    data = read_yaml(path, f"grid file '{path}'") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"grid file '{path}' must hold a mapping ({', '.join(_GRID_KEYS)})")
     unknown = sorted(set(data) - set(_GRID_KEYS))
@@ -237,7 +245,7 @@ def _read_stages(path: Path, data: dict[str, Any], spec: SweepSpec) -> None:
 
 def _check_same_experiment(name: str, cfg: Config, run_dir: Path) -> None:
     """A finished run is only reused for its own cell: refuse one made with other settings."""
-    saved = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else None
+    saved = read_yaml(run_dir / CONFIG, f"'{run_dir / CONFIG}'") if (run_dir / CONFIG).is_file() else None
     if saved is None:
         return
     # More epochs in the grid continue the run (the loop allows it); fewer would be another schedule.

@@ -9,11 +9,13 @@ from typing import Any
 
 import yaml
 
+from dimcl.errors import BadInputError
 from dimcl.eval import EVALUATIONS
 from dimcl.eval.registry import columns as evaluation_columns
 from dimcl.experiment import experiment_of, flatten_with_defaults
 from dimcl.report.stats import mean_std, paired_interval
 from dimcl.run_dir import CONFIG, METRICS, reached_max_epochs, read_metrics, read_result
+from dimcl.yaml_files import read_yaml
 
 
 def figures() -> tuple[tuple[str, str, int], ...]:
@@ -93,9 +95,9 @@ def load_runs(root: str | Path, include_unfinished: bool = False) -> tuple[list[
     for config_path in sorted(Path(root).rglob(CONFIG)):
         run_dir = config_path.parent
         try:
-            config = yaml.safe_load(config_path.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            notes.append(f"`{run_dir}` skipped: its {CONFIG} is unreadable ({type(err).__name__})")
+            config = read_yaml(config_path, CONFIG)
+        except BadInputError as err:
+            notes.append(f"`{run_dir}` skipped: {err}")
             continue
         if not isinstance(config, dict):
             notes.append(f"`{run_dir}` skipped: its {CONFIG} is not a mapping")
