@@ -11,7 +11,9 @@ queue size, ...): they are checked against the options the chosen method actuall
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -306,6 +308,12 @@ def coerce_value(value: Any, hint: Any) -> Any:
     return value
 
 
+@functools.cache
+def _type_hints(section: type) -> dict[str, Any]:
+    """The resolved annotations of a config section (resolving them is most of a config's build time)."""
+    return typing.get_type_hints(section)
+
+
 def _set(cfg: Config, key: str, value: Any) -> None:
     """Set dotted ``key`` on ``cfg``, checking that the key exists and the value has its type."""
     parts = key.split(".")
@@ -321,7 +329,7 @@ def _set(cfg: Config, key: str, value: Any) -> None:
                 f"unknown config key '{key}': '{part}' is not a key of {where}; "
                 f"accepted: {', '.join(names)}.{did_you_mean(part, names)}"
             )
-        hint = typing.get_type_hints(type(node))[part]
+        hint = _type_hints(type(node))[part]
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(hint):
                 if not isinstance(value, dict):
@@ -366,12 +374,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+@functools.lru_cache(maxsize=64)
+def _read_recipe_cached(path: str, mtime_ns: int, size: int, shown: str) -> Any:
+    # A sweep builds one config per cell from the same recipe: read it once (keyed by its size and time).
+    return read_yaml(path, f"config file '{shown}'") or {}
+
+
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """The mapping of keys in the YAML recipe at ``path``; a one-paragraph error for a missing or bad file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; `dimcl list` shows the bundled recipes")
-    data = read_yaml(path, f"config file '{path}'") or {}
+    stat = path.stat()
+    data = copy.deepcopy(_read_recipe_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(path)))
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
     return data
