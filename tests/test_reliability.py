@@ -330,6 +330,20 @@ def test_corrupt_images_fail_with_the_path_or_are_skipped_and_counted(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_directory_links_in_an_image_folder_are_walked_once(tmp_path):
+    root = _image_folder(tmp_path / "images", corrupt=False)
+    plain = len(build_dataset("imagefolder", root, "pretrain"))
+    cls = root / "train" / "a"
+    (cls / "up").symlink_to("..")  # back to train/: its images again, and again (246 from 6 before)
+    (cls / "loop1").symlink_to(".")  # to itself: the walk never ended
+    (cls / "loop2").symlink_to(".")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8)).save(elsewhere / "linked.png")
+    (root / "train" / "b" / "more").symlink_to(elsewhere)  # a real folder elsewhere: followed, once
+    assert len(build_dataset("imagefolder", root, "pretrain")) == plain + 1
+
+
 def test_an_unreadable_image_in_a_loader_worker_ends_the_run_like_one_in_the_main_process(tmp_path):
     # The workers ignore SIGTERM (so a signal to the process group spares them); a worker's error used to leave
     # them alive at exit, where multiprocessing's SIGTERM-then-join waited for good. Two workers: the SIGCHLD

@@ -128,11 +128,31 @@ def _class_folders(folder: Path) -> list[str]:
 
 
 def _images_under(folder: Path) -> list[str]:
+    """Every image file under ``folder``, in sorted order. Links to directories are followed (a class folder
+    may live elsewhere), but each real directory is visited once: a link back up (``up -> ..``) or to
+    itself (``loop -> .``) would otherwise walk the same images again, or forever; a link to a folder
+    above ``folder`` (its parents count as visited) would bring in other classes' images."""
     found = []
+    seen = {_identity(folder), *(_identity(parent) for parent in folder.resolve().parents)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()  # walk order is file-system dependent; sorted keeps item order reproducible
+        kept = []
+        for name in sorted(dirnames):  # walk order is file-system dependent; sorted keeps item order reproducible
+            identity = _identity(Path(dirpath) / name)
+            if identity is not None and identity not in seen:
+                seen.add(identity)
+                kept.append(name)
+        dirnames[:] = kept
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
     return found
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the directory ``path`` is or links to; None when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _classes_for(root: Path, folder: Path, part: str) -> list[str]:
