@@ -330,6 +330,25 @@ def test_corrupt_images_fail_with_the_path_or_are_skipped_and_counted(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("planted", [".dimcl.lock", "provenance.jsonl", "knn.json"])
+def test_a_symlink_in_a_run_directory_is_refused_not_written_through(planted, finished_run, tiny_fashion_mnist,
+                                                                      tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    victim = tmp_path / "victim"
+    victim.write_text("the user's own file\n")
+    (run / planted).unlink(missing_ok=True)
+    (run / planted).symlink_to(victim)
+    if planted == "provenance.jsonl":  # appended to by a resumed run
+        args = ["pretrain", "-c", "fashion_mnist/byol", "-o", str(run), "--resume", f"data.root={tiny_fashion_mnist}",
+                *TINY_RUN, "trainer.max_epochs=2", "eval.every=0"]
+    else:
+        args = ["knn", "--ckpt", str(run)]
+    code, err = run_in_process(args, capsys)
+    assert code == 2 and planted in err and "symbolic link" in err and "Traceback" not in err, err
+    assert victim.read_text() == "the user's own file\n"
+
+
 def test_directory_links_in_an_image_folder_are_walked_once(tmp_path):
     root = _image_folder(tmp_path / "images", corrupt=False)
     plain = len(build_dataset("imagefolder", root, "pretrain"))

@@ -62,9 +62,31 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def refuse_link(path: str | os.PathLike[str]) -> None:
+    """A file dimcl writes is never a symbolic link: writing through one would change the file it points to
+    (a link planted in a run directory could make dimcl overwrite any file the user can write)."""
+    if os.path.islink(path):
+        raise BadInputError(
+            f"'{path}' is a symbolic link; dimcl writes the files of a run directory itself and never through a "
+            "link. Remove the link (or replace it with the file itself) and run again."
+        )
+
+
+def open_no_follow(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (``O_NOFOLLOW``; see :func:`refuse_link`)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            refuse_link(path)
+        raise
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data``: a reader, or a failure at any moment, sees the old file or the new one."""
+    """Replace ``path`` with ``data``: a reader, or a failure at any moment, sees the old file or the new one.
+    A symbolic link at ``path`` is refused (:func:`refuse_link`), not replaced or written through."""
     path = Path(path)
+    refuse_link(path)
     with failed_write(path):
         fd, tmp = temporary_sibling(path)
         try:
@@ -88,7 +110,7 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
     path = Path(path)
     data = (line.rstrip("\n") + "\n").encode()
     with failed_write(path):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = open_no_follow(path, os.O_WRONLY | os.O_CREAT)
         try:
             end = os.fstat(fd).st_size
             if end:

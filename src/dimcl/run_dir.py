@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dimcl.config import Config, ConfigError
-from dimcl.files import append_line, write_atomic
+from dimcl.files import append_line, open_no_follow, write_atomic
 from dimcl.recipes import config_from_dict
 from dimcl.yaml_files import read_yaml
 
@@ -217,7 +217,7 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
