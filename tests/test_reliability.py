@@ -25,6 +25,7 @@ from PIL import Image
 
 from dimcl import cli
 from dimcl.checkpoint import CheckpointError, load_checkpoint
+from dimcl.config import ConfigError
 from dimcl.data import BadImageError, build_dataset
 from dimcl.data.datasets import load_safe_pickle
 from dimcl.recipes import load_config, resolve_recipe
@@ -328,6 +329,28 @@ def test_corrupt_images_fail_with_the_path_or_are_skipped_and_counted(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and ("1.png" in proc.stderr or "broken.jpg" in proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_hostile_metrics_lines_are_named_and_a_report_goes_on_without_that_run(finished_run, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    lines = (finished_run / "metrics.jsonl").read_text().splitlines()
+    for name, edit in (("good", None), ("infinite_epoch", ("epoch", float("inf"))), ("text_epoch", ("epoch", "1")),
+                       ("text_figure", ("knn_top1", "high"))):
+        run = sweep / name
+        shutil.copytree(finished_run, run)
+        if edit is not None:
+            record = json.loads(lines[-1])
+            record[edit[0]] = edit[1]
+            (run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
+    with pytest.raises(ConfigError, match=r"infinite_epoch/metrics.jsonl' line 1 .*'epoch'.*inf"):
+        read_metrics(sweep / "infinite_epoch")
+    code, err = run_in_process(["report", str(sweep)], capsys)
+    assert code == 0, err
+    report = (sweep / "report.md").read_text()
+    assert "1 run(s)" in report
+    for name, needle in (("infinite_epoch", "'epoch' must be a whole number"), ("text_epoch", "got '1'"),
+                         ("text_figure", "knn_top1='high', not a number")):
+        assert any(name in line and needle in line for line in report.splitlines()), (name, report)
 
 
 @pytest.mark.parametrize("planted", [".dimcl.lock", "provenance.jsonl", "knn.json"])

@@ -68,12 +68,18 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     by_epoch: dict[int, dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
             try:
                 record = json.loads(line)
-                by_epoch[int(record["epoch"])] = record
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 continue  # a line cut short by a kill
+            epoch = record.get("epoch") if isinstance(record, dict) else None
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+                raise ConfigError(
+                    f"'{path}' line {number} is not a record dimcl wrote: its 'epoch' must be a whole number >= 1, "
+                    f"got {epoch!r}. Restore the file or remove that line."
+                )
+            by_epoch[epoch] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

@@ -83,6 +83,16 @@ def _unfinished(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str | 
     return f"epoch {metrics[-1]['epoch'] if metrics else 0} of {planned}"
 
 
+def _non_numeric_figure(metrics: list[dict[str, Any]]) -> str | None:
+    """Where a figure the report reads per epoch is not a number (``"epoch 2 has knn_top1='high'"``), else None."""
+    for record in metrics:
+        for key in _per_epoch():
+            value = record.get(key)
+            if key in record and (isinstance(value, bool) or not isinstance(value, int | float)):
+                return f"epoch {record['epoch']} has {key}={value!r}"
+    return None
+
+
 def load_runs(root: str | Path, include_unfinished: bool = False) -> tuple[list[Run], list[str]]:
     """Every run directory under ``root`` (at any depth; one with a ``config.yaml``), in path order.
 
@@ -105,7 +115,16 @@ def load_runs(root: str | Path, include_unfinished: bool = False) -> tuple[list[
         if not (run_dir / METRICS).is_file():
             notes.append(f"`{run_dir}` skipped: it has a {CONFIG} but no {METRICS} (not a run, or not one epoch yet)")
             continue
-        metrics, config = read_metrics(run_dir), _flatten(config)
+        try:
+            metrics = read_metrics(run_dir)
+        except BadInputError as err:
+            notes.append(f"`{run_dir}` skipped: {err}")
+            continue
+        odd = _non_numeric_figure(metrics)
+        if odd:
+            notes.append(f"`{run_dir}` skipped: its {METRICS} {odd}, not a number")
+            continue
+        config = _flatten(config)
         unfinished = _unfinished(config, metrics)
         if unfinished and not include_unfinished:
             notes.append(f"`{run_dir}` left out: unfinished ({unfinished}; `--include-unfinished` shows it)")
