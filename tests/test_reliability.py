@@ -22,9 +22,10 @@ import pytest
 import torch
 from conftest import TINY_RUN, write_fashion_mnist
 from PIL import Image
+from safetensors.torch import save_file
 
 from dimcl import cli
-from dimcl.checkpoint import CheckpointError, load_checkpoint
+from dimcl.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
 from dimcl.config import ConfigError
 from dimcl.data import BadImageError, build_dataset
 from dimcl.data.datasets import load_safe_pickle
@@ -84,11 +85,18 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
             f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi", strict=True)),
         "code_tag": "data: !!python/object/apply:os.system [echo pwned]\n",
         "a_list": "- 1\n- 2\n",
-        "empty": "",
+        "empty_config": "",
     }
     for name, text in hostile.items():
         (scratch / name).mkdir()
         (scratch / name / "config.yaml").write_text(text)
+    exported = (finished / "backbone.safetensors").read_bytes()
+    (scratch / "truncated.safetensors").write_bytes(exported[: len(exported) // 2])
+    (scratch / "forged.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}" + b"\0" * 64)
+    tensors, meta = load_backbone_weights(finished / "backbone.safetensors")
+    first = next(iter(tensors))
+    save_file({**tensors, first: torch.zeros(3, 3)}, str(scratch / "misshapen.safetensors"),
+              metadata={"dimcl": json.dumps(meta)})
     out = str(scratch / "out")
     pre = ["pretrain", "-c", "fashion_mnist/byol", "-o", out, f"data.root={root}", *TINY_RUN]
     resume = ["pretrain", "-c", "fashion_mnist/byol", "-o", str(finished), "--resume", f"data.root={root}", *TINY_RUN,
@@ -142,7 +150,7 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
         ("a YAML alias bomb as a run's config", ["knn", "--ckpt", str(scratch / "alias_bomb")], "alias"),
         ("a code tag in a run's config", ["knn", "--ckpt", str(scratch / "code_tag")], "python/object"),
         ("a list as a run's config", ["linear", "--ckpt", str(scratch / "a_list")], "got list"),
-        ("an empty run config", ["analyze", "--ckpt", str(scratch / "empty")], "got NoneType"),
+        ("an empty run config", ["analyze", "--ckpt", str(scratch / "empty_config")], "got NoneType"),
         ("an infinite learning rate", [*pre, "optim.lr=.inf"], "finite"),
         ("an infinite warm-up", [*pre, "optim.warmup_epochs=.inf"], "finite"),
         ("an infinite temperature", [*pre, "dimcl.temperature=.inf"], "finite"),
@@ -150,6 +158,10 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
         ("a negative warm-up start", [*pre, "optim.warmup_start_lr=-5"], "warmup_start_lr"),
         ("a negative LARS eta", [*pre, "optim.eta=-1"], "optim.eta"),
         ("betas out of range", [*pre, "optim.betas=[2,3]"], "optim.betas"),
+        *((f"a {kind} safetensors file", ["export", "--ckpt", str(scratch / f"{kind}.safetensors"), "--format",
+                                          "safetensors", "-o", str(scratch / "out" / "x.safetensors")], needle)
+          for kind, needle in (("truncated", "not a readable safetensors"), ("forged", "not a readable safetensors"),
+                               ("misshapen", "do not fit"))),
     ]
 
 

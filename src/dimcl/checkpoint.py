@@ -115,9 +115,38 @@ def export_backbone(backbone: nn.Module, path: str | Path, metadata: dict[str, A
 
 
 def load_backbone_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and the metadata written by :func:`export_backbone`."""
+    """The tensors and the metadata written by :func:`export_backbone`; a damaged, forged or foreign file
+    is a :class:`CheckpointError` naming it (the safetensors reader checks the header against the file's
+    size, so a forged header length costs nothing)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("dimcl", "{}"))
-    return load_file(str(path)), meta
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta_text = (f.metadata() or {}).get("dimcl", "{}")
+        tensors = load_file(str(path))
+    except Exception as err:  # the reader raises its own error type, OSError or ValueError on a damaged file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"'{path}' is not a readable safetensors file ({reason}); it is truncated, damaged or not one "
+            "dimcl wrote. Export it again from its run (dimcl export --format safetensors)."
+        ) from None
+    try:
+        meta = json.loads(meta_text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"'{path}': its dimcl metadata is not a JSON mapping; export it again from its run")
+    return tensors, meta
+
+
+def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(tensors)``, with weights of another architecture or shape a
+    :class:`CheckpointError` naming ``source`` instead of PyTorch's traceback."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as err:
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
+        raise CheckpointError(
+            f"'{source}' holds weights that do not fit the model its config describes ({detail}); it belongs to "
+            "another run or was changed"
+        ) from None

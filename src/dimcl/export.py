@@ -25,7 +25,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from dimcl.build import backbone_metadata, describe_backbone
-from dimcl.checkpoint import CheckpointError, export_backbone, load_backbone_weights, save_atomic
+from dimcl.checkpoint import CheckpointError, export_backbone, load_backbone_weights, load_weights, save_atomic
 from dimcl.config import ConfigError
 from dimcl.files import write_atomic
 from dimcl.models import TIMM_PREFIX, build_backbone
@@ -53,7 +53,7 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
         tensors, meta = load_backbone_weights(path)
-        if "backbone" not in meta:
+        if not {"backbone", "in_channels", "image_size", "dataset"} <= set(meta):
             raise CheckpointError(
                 f"'{path}' is a safetensors file without dimcl's metadata, so the module it belongs to is unknown; "
                 "give a run directory, its checkpoint, or a file written by a run or by dimcl export --format "
@@ -63,7 +63,7 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             meta["backbone"], in_channels=meta["in_channels"], image_size=meta["image_size"],
             cifar_stem=meta.get("cifar_stem"), patch_size=meta.get("patch_size"),
         )
-        backbone.load_state_dict(tensors)
+        load_weights(backbone, tensors, path)
         meta = {**describe_backbone(backbone, meta["dataset"]), **meta}  # files from before those keys
     else:
         backbone, cfg = load_trained_backbone(path)

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from dimcl.build import build_backbone_from_config, build_method_from_config
-from dimcl.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
+from dimcl.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint, load_weights
 from dimcl.config import Config, ConfigError
 from dimcl.run_dir import BACKBONE, BACKBONE_PREFIX, CHECKPOINT, METHOD_PREFIX, load_run_config, weights_under
 
@@ -35,14 +35,15 @@ def load_trained_backbone(path: str | Path) -> tuple[nn.Module, Config]:
     given = Path(path)
     weights_file = given if given.is_file() and given.suffix == ".safetensors" else run / BACKBONE
     if weights_file.is_file() and not (given.is_file() and given.suffix == ".ckpt"):
+        source = weights_file
         tensors, _ = load_backbone_weights(weights_file)
     else:
-        ckpt = given if given.is_file() and given.suffix == ".ckpt" else run / CHECKPOINT
-        state = load_checkpoint(ckpt)
+        source = given if given.is_file() and given.suffix == ".ckpt" else run / CHECKPOINT
+        state = load_checkpoint(source)
         tensors = weights_under(state["model"], BACKBONE_PREFIX)
         if not tensors:
-            raise CheckpointError(f"'{ckpt}' holds no backbone weights (no keys under '{BACKBONE_PREFIX}')")
-    backbone.load_state_dict(tensors)
+            raise CheckpointError(f"'{source}' holds no backbone weights (no keys under '{BACKBONE_PREFIX}')")
+    load_weights(backbone, tensors, source)
     return backbone, cfg
 
 
@@ -61,5 +62,5 @@ def load_trained_method(path: str | Path) -> tuple[nn.Module | None, nn.Module, 
     cfg = load_run_config(run)
     state = load_checkpoint(ckpt)
     method = build_method_from_config(cfg, gather_distributed=False)
-    method.load_state_dict(weights_under(state["model"], METHOD_PREFIX))
+    load_weights(method, weights_under(state["model"], METHOD_PREFIX), ckpt)
     return method, method.backbone, cfg
