@@ -94,9 +94,12 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
     (scratch / "truncated.safetensors").write_bytes(exported[: len(exported) // 2])
     (scratch / "forged.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}" + b"\0" * 64)
     tensors, meta = load_backbone_weights(finished / "backbone.safetensors")
-    first = next(iter(tensors))
+    first = next(k for k, t in tensors.items() if t.is_floating_point())
     save_file({**tensors, first: torch.zeros(3, 3)}, str(scratch / "misshapen.safetensors"),
               metadata={"dimcl": json.dumps(meta)})
+    for kind, change in (("int8", lambda t: t.to(torch.int8)), ("nan", lambda t: torch.full_like(t, float("nan")))):
+        save_file({**tensors, first: change(tensors[first])}, str(scratch / f"{kind}.safetensors"),
+                  metadata={"dimcl": json.dumps(meta)})
     out = str(scratch / "out")
     pre = ["pretrain", "-c", "fashion_mnist/byol", "-o", out, f"data.root={root}", *TINY_RUN]
     resume = ["pretrain", "-c", "fashion_mnist/byol", "-o", str(finished), "--resume", f"data.root={root}", *TINY_RUN,
@@ -161,7 +164,7 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
         *((f"a {kind} safetensors file", ["export", "--ckpt", str(scratch / f"{kind}.safetensors"), "--format",
                                           "safetensors", "-o", str(scratch / "out" / "x.safetensors")], needle)
           for kind, needle in (("truncated", "not a readable safetensors"), ("forged", "not a readable safetensors"),
-                               ("misshapen", "do not fit"))),
+                               ("misshapen", "do not fit"), ("int8", "not floating point"), ("nan", "NaN"))),
     ]
 
 

@@ -141,7 +141,15 @@ def load_backbone_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], di
 
 def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
     """``module.load_state_dict(tensors)``, with weights of another architecture or shape a
-    :class:`CheckpointError` naming ``source`` instead of PyTorch's traceback."""
+    :class:`CheckpointError` naming ``source`` instead of PyTorch's traceback. Weights that are not floating
+    point where the model's are (int8 would be cast silently) or that are not finite are refused too."""
+    expected = module.state_dict()
+    for name, tensor in tensors.items():
+        if name in expected and expected[name].is_floating_point():
+            if not tensor.is_floating_point():
+                raise CheckpointError(f"'{source}': '{name}' is {tensor.dtype}, not floating point like the model's")
+            if not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"'{source}': '{name}' holds NaN or infinite values; it is not a trained model")
     try:
         module.load_state_dict(tensors)
     except RuntimeError as err:
