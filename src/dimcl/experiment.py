@@ -1,6 +1,6 @@
 """One experiment identity: which config keys make two runs the same experiment.
 
-Every place that asks "is this the same experiment?" asks here: resuming a run (:mod:`dimcl.train.loop`),
+Every place that asks "is this the same experiment?" asks here: resuming a run (:mod:`dimcl.train.run_writer`),
 reusing a sweep cell (:mod:`dimcl.sweep`), reusing a demo arm (:mod:`dimcl.demo`), grouping runs over
 seeds (:mod:`dimcl.report`) and matching floors to runs (:mod:`dimcl.baselines`, whose protocol is the
 part of the identity an evaluation depends on).

@@ -5,7 +5,7 @@ loop therefore reads the steps' scalars only every ``trainer.log_every_n_steps``
 any checkpoint and at the end of each epoch: one device-to-host copy for all the steps since the last
 read. The values come back per step, in step order, so the epoch's sums are added exactly as when every
 step was read (the same float64 additions in the same order), and a non-finite loss is still reported
-at the step where it first appeared.
+at the step where it first appeared. What is read is added to the epoch's :class:`EpochProgress`.
 """
 
 from __future__ import annotations
@@ -54,3 +54,25 @@ class StepScalars:
                 for where, row in zip(self._where, rows, strict=True)]
         self._values, self._where = [], []
         return read
+
+
+@dataclass
+class EpochProgress:
+    """Running sums of the epoch so far (saved in mid-epoch checkpoints, so a resume reports the same)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    probe_correct: int = 0
+    probe_count: int = 0
+    elapsed: float = 0.0
+    #: seconds the loop waited for the loader (the rest of ``elapsed`` is compute and bookkeeping)
+    data_wait: float = 0.0
+
+    def add(self, scalars: dict[str, float]) -> None:
+        for k, v in scalars.items():
+            if k.startswith("loss"):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        if "probe_count" in scalars:
+            self.probe_correct += round(scalars["probe_correct"])
+            self.probe_count += round(scalars["probe_count"])
+        self.batches += 1

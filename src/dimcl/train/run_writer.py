@@ -1,0 +1,218 @@
+"""A pretraining's run directory from the trainer's side, in the order the loop goes through it.
+
+    check_run_folder       before Fabric starts: --out can hold a run, ``resume`` is True, False or "auto"
+    run_loggers            the loggers Fabric writes through (CSV, TensorBoard, W&B), all inside the run directory
+    RunWriter(...)         notes the checkpoint it is about to read (or finds missing)
+      .open(resume)        the checkpoint to continue from, or None; refuses a directory that holds a run
+                           (without --resume) and a checkpoint of another experiment
+      .become_writer()     rank 0 takes the directory's lock, once the data and the model are built
+      .start_writing(...)  config.yaml, provenance, and the metrics line a kill cut off
+      .save(...)           checkpoints/last.ckpt, atomically, mid-epoch or after an epoch
+      .append_metrics(...) the epoch's line of metrics.jsonl
+      .finish(...)         backbone.safetensors, and the loggers closed
+
+The lock is taken late on purpose: bad input, found while opening the data, never competes for it and
+leaves nothing behind. Rank 0 writes; the other ranks wait for it at a barrier.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import Logger
+from torch import nn
+from torch.optim import Optimizer
+
+from dimcl.build import backbone_metadata
+from dimcl.checkpoint import export_backbone, load_checkpoint, save_atomic
+from dimcl.config import Config, ConfigError, save_config
+from dimcl.experiment import experiment_differences
+from dimcl.files import check_output_folder
+from dimcl.provenance import provenance
+from dimcl.run_dir import (
+    BACKBONE,
+    CHECKPOINT,
+    CONFIG,
+    RunDirBusyError,
+    append_metrics,
+    append_provenance,
+    checkpoint_state,
+    hold_run_dir,
+    restore_metrics,
+)
+from dimcl.train.logs import RunCSVLogger, continue_logs, tensorboard_logger
+from dimcl.train.wandb_logs import RunWandbLogger, wandb_run_id
+
+#: what identifies one version of a file: inode, size, modification time (None: no file)
+FileIdentity = tuple[int, int, int] | None
+
+
+def check_run_folder(out_dir: Path, resume: bool | str) -> None:
+    """Bad input before anything starts: an ``--out`` that cannot become a run directory, a bad ``resume``."""
+    check_output_folder(out_dir, "--out", "the run")
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be true, false or 'auto', got {resume!r}")
+
+
+def run_loggers(cfg: Config, out_dir: Path) -> list[Logger]:
+    """The run's loggers: the CSV log always, TensorBoard and W&B when ``trainer.*`` asks for them."""
+    t = cfg.trainer
+    loggers: list[Logger] = [RunCSVLogger(out_dir)]
+    if t.tensorboard:
+        tensorboard = tensorboard_logger(out_dir)  # None without tensorboard: `pip install dimcl[tensorboard]`
+        if tensorboard is not None:
+            loggers.append(tensorboard)
+    if t.wandb:
+        loggers.append(RunWandbLogger(out_dir, t.wandb_project, t.wandb_entity, t.wandb_name, cfg.to_dict()))
+    return loggers
+
+
+def check_resume(cfg: Config, state: dict[str, Any]) -> list[str]:
+    """Refuse a checkpoint of another config; a larger ``trainer.max_epochs`` is allowed, with a notice."""
+    blocking = experiment_differences(state["config"], cfg.to_dict(), epochs="any")
+    if blocking:
+        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in blocking)
+        raise ConfigError(
+            f"cannot resume: the checkpoint was made with another configuration ({listed}). Resume with the "
+            "run's own settings (its config.yaml), or start a new run in another --out directory."
+        )
+    notices = []
+    old_epochs = state["config"]["trainer"]["max_epochs"]
+    if cfg.trainer.max_epochs < state["epoch"]:
+        raise ConfigError(
+            f"cannot resume: trainer.max_epochs={cfg.trainer.max_epochs} is below the {state['epoch']} epochs "
+            "the checkpoint has already trained"
+        )
+    if cfg.trainer.max_epochs != old_epochs:
+        notices.append(
+            f"trainer.max_epochs changed from {old_epochs} to {cfg.trainer.max_epochs}: the learning-rate and "
+            "momentum schedules are stretched to the new length from here on"
+        )
+    return notices
+
+
+def _file_identity(path: Path) -> FileIdentity:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class RunWriter:
+    """This pretraining's hold on its run directory; a context manager that releases the lock on the way out.
+
+    Made right after Fabric's launch, when it notes the checkpoint the run is about to read (or the lack of
+    one): :meth:`become_writer` refuses to write if another process changed it meanwhile.
+    """
+
+    def __init__(self, cfg: Config, out_dir: Path, fabric: Fabric) -> None:
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.fabric = fabric
+        self._lock = ExitStack()  # entered by become_writer, just before the first write
+        self._checkpoint_seen = _file_identity(self.checkpoint)
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
+        return self._lock.__exit__(kind, error, traceback)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    @property
+    def is_main(self) -> bool:
+        return self.fabric.global_rank == 0
+
+    def open(self, resume: bool | str) -> tuple[dict[str, Any] | None, bool]:
+        """The checkpoint to continue from (None for a new run) and whether this run resumes; the loggers
+        continue from the checkpoint's epoch."""
+        fabric = self.fabric
+        if resume == "auto":
+            resume = self.checkpoint.is_file()
+            if fabric.world_size > 1:
+                resume = fabric.broadcast(resume, src=0)  # what rank 0, the writer, sees
+        state = None
+        notices: list[str] = []
+        if resume:
+            state = load_checkpoint(self.checkpoint)
+            notices = check_resume(self.cfg, state)
+        elif self.checkpoint.exists():
+            raise ConfigError(
+                f"'{self.out_dir}' already holds a run (it has {CHECKPOINT}); pass --resume to continue it (or "
+                "--resume auto), or choose another --out directory. Nothing was changed."
+            )
+        if state is not None:
+            continue_logs(fabric.loggers, state["epoch"], state.get("wandb_run_id"))
+        else:
+            continue_logs(fabric.loggers, 0)
+        for notice in notices:
+            fabric.print(f"notice: {notice}")
+        return state, bool(resume)
+
+    def become_writer(self) -> None:
+        """Rank 0 takes the run directory's lock; every rank stops if another process holds it, or wrote a
+        checkpoint since this run read (or looked for) one."""
+        error = None
+        if self.is_main:
+            try:
+                self._lock.enter_context(hold_run_dir(self.out_dir))
+                if _file_identity(self.checkpoint) != self._checkpoint_seen:
+                    error = (
+                        f"'{self.out_dir}' changed while this run was starting: another process wrote {CHECKPOINT} "
+                        "meanwhile. Nothing was written; start this run again."
+                    )
+            except RunDirBusyError as err:
+                error = str(err)
+        if self.fabric.world_size > 1:
+            error = self.fabric.broadcast(error, src=0)
+        if error is not None:
+            raise RunDirBusyError(error)
+
+    def start_writing(self, state: dict[str, Any] | None, resumed: bool, start_epoch: int) -> None:
+        """Rank 0 writes the run's config and provenance (and mends a metrics line a kill cut off)."""
+        if self.is_main:
+            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out_dir / CONFIG)
+            append_provenance(
+                self.out_dir, {**provenance(self.fabric.device), "resumed_at_epoch": start_epoch if resumed else None}
+            )
+            if state is not None and state["metrics"] is not None and restore_metrics(self.out_dir, state["metrics"]):
+                # Logged after the metrics line, so the logs lack the mended epoch as well.
+                metrics = state["metrics"]
+                self.fabric.log_dict({k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+        self.fabric.barrier()
+
+    def save(self, model: nn.Module, optimizer: Optimizer, *, epoch: int, batch_in_epoch: int,
+             progress: dict[str, Any], global_step: int, metrics: dict[str, Any] | None) -> None:
+        """Rank 0 writes the resumable state atomically; the previous checkpoint stays until then."""
+        if self.is_main:
+            state = checkpoint_state(
+                model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                batch_in_epoch=batch_in_epoch, progress=progress, global_step=global_step,
+                config=self.cfg.to_dict(), metrics=metrics, wandb_run_id=wandb_run_id(self.fabric.loggers),
+            )
+            save_atomic(state, self.checkpoint)
+        self.fabric.barrier()
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Rank 0 appends the epoch's record to metrics.jsonl (after the checkpoint holding it: a kill in
+        between is mended by :meth:`start_writing` on resume)."""
+        if self.is_main:
+            append_metrics(self.out_dir, record)
+
+    def finish(self, backbone: nn.Module) -> None:
+        """Rank 0 exports the trained backbone; every rank closes its loggers."""
+        if self.is_main:
+            export_backbone(backbone, self.out_dir / BACKBONE, backbone_metadata(self.cfg, backbone))
+        for logger in self.fabric.loggers:
+            logger.finalize("success")
+        self.fabric.barrier()
