@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,18 @@ def test_a_sweep_can_ask_for_it_and_a_report_shows_its_column(run, tmp_path):
     evaluate("mean_norm", run)
     report = build_report(run.parent, tmp_path / "report.md")
     assert "mean feature norm" in report
+
+
+def test_a_read_only_run_directory_is_read_not_written(run, tmp_path, monkeypatch, capsys):
+    wrapper = sys.modules["dimcl.eval.evaluate"]  # the module (dimcl.eval.evaluate is also the function's name)
+    shutil.rmtree(run / "features", ignore_errors=True)
+    before = sorted(p.name for p in run.iterdir())
+    # As on a read-only mount (root passes chmod; the probe tries to create a file, as dimcl would).
+    monkeypatch.setattr(wrapper, "_writable", lambda folder: Path(folder) != run)
+    assert cli.main(["knn", "--ckpt", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "read-only" in err and "--out" in err, err
+    out = tmp_path / "results"
+    assert cli.main(["knn", "--ckpt", str(run), "--out", str(out)]) == 0
+    assert "features are extracted, not cached" in capsys.readouterr().err
+    assert (out / "knn.json").is_file() and sorted(p.name for p in run.iterdir()) == before

@@ -7,6 +7,8 @@ evaluation that needs labels, runs the evaluation and writes its result file ato
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ from typing import Any
 import torch
 
 from dimcl.data import run_splits
+from dimcl.errors import ConfigError
 from dimcl.eval.registry import EVALUATIONS, RunToEvaluate
 from dimcl.files import check_output_folder
-from dimcl.run_dir import hold_run_dir, load_run_config, write_result
+from dimcl.run_dir import FEATURE_CACHE, hold_run_dir, load_run_config, write_result
 from dimcl.trained import run_dir_of
 
 
@@ -41,14 +44,32 @@ def evaluate(
     splits = run_splits(cfg)
     labelled = splits.labelled()
     num_classes = splits.class_count(labelled[0], name) if evaluation.needs_labels else splits.num_classes(labelled[0])
+    writable = _writable(run_dir)
+    if target == run_dir and not writable:
+        raise ConfigError(f"the run directory '{run_dir}' is read-only, so {evaluation.file} cannot be written "
+                          "there; give --out FOLDER for the result")
     with ExitStack() as held:
-        # Everything that writes into a run directory holds its lock (a second writer is refused by name).
-        if target == run_dir or evaluation.uses_run_dir:
+        # Everything that writes into a run directory holds its lock (a second writer is refused by name);
+        # a read-only one is only read: no lock, no feature cache.
+        if writable and (target == run_dir or evaluation.uses_run_dir):
             held.enter_context(hold_run_dir(run_dir))
+        if not writable and evaluation.uses_run_dir:
+            print(f"dimcl {name}: '{run_dir}' is read-only: features are extracted, not cached", file=sys.stderr)
         if target != run_dir:
             target.mkdir(parents=True, exist_ok=True)
             held.enter_context(hold_run_dir(target))
-        run = RunToEvaluate(Path(path), run_dir, cfg, splits, labelled, num_classes, target)
+        cache = run_dir / FEATURE_CACHE if writable else None
+        run = RunToEvaluate(Path(path), run_dir, cfg, splits, labelled, num_classes, target, cache)
         result = evaluation.run(run, device=device, **options)
         write_result(target, evaluation.file, result)
     return result
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried, since root passes every permission check but a
+    read-only mount's)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True

@@ -55,7 +55,7 @@ def _load_cache(path: Path, fingerprint: str) -> tuple[Tensor, Tensor] | None:
 def cached_features(
     backbone: nn.Module,
     dataset: Dataset,
-    cache_path: str | Path,
+    cache_path: str | Path | None,
     device: str | torch.device = "cpu",
     batch_size: int = 512,
     num_workers: int = 0,
@@ -65,23 +65,25 @@ def cached_features(
     Read from ``cache_path`` when the file there was made from the same weights and dataset (see
     :func:`feature_fingerprint`), else extracted with :func:`~dimcl.eval.knn.extract_features` and
     written there atomically: a ``.pt`` of tensors and the fingerprint string only, read back with
-    ``torch.load(weights_only=True)``.
+    ``torch.load(weights_only=True)``. ``cache_path`` None: extracted, not cached.
     """
-    cache_path = Path(cache_path)
-    fingerprint = feature_fingerprint(backbone, dataset)
-    cached = _load_cache(cache_path, fingerprint)
-    if cached is not None:
-        return cached
+    if cache_path is not None:
+        cache_path = Path(cache_path)
+        fingerprint = feature_fingerprint(backbone, dataset)
+        cached = _load_cache(cache_path, fingerprint)
+        if cached is not None:
+            return cached
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     features, labels = extract_features(backbone, loader, device)
-    save_atomic({"features": features, "labels": labels, "fingerprint": fingerprint}, cache_path)
+    if cache_path is not None:
+        save_atomic({"features": features, "labels": labels, "fingerprint": fingerprint}, cache_path)
     return features, labels
 
 
 def cached_eval_features(
     backbone: nn.Module,
     cfg: Config,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None,
     device: str | torch.device = "cpu",
     batch_size: int = 512,
     datasets: tuple[Dataset, Dataset] | None = None,
@@ -90,11 +92,11 @@ def cached_eval_features(
 
     The splits (``datasets``) default to ``run_splits(cfg).labelled()``; the
     features are cached as ``cache_dir/train.pt`` and ``cache_dir/eval.pt``, so kNN and the linear probe
-    extract them once.
+    extract them once. ``cache_dir`` None: nothing is cached (a read-only run directory).
     """
     train_set, eval_set = datasets if datasets is not None else run_splits(cfg).labelled()
-    cache_dir = Path(cache_dir)
     common = dict(device=device, batch_size=batch_size, num_workers=cfg.data.num_workers)
-    train_features, train_labels = cached_features(backbone, train_set, cache_dir / "train.pt", **common)
-    eval_features, eval_labels = cached_features(backbone, eval_set, cache_dir / "eval.pt", **common)
+    paths = (None, None) if cache_dir is None else (Path(cache_dir) / "train.pt", Path(cache_dir) / "eval.pt")
+    train_features, train_labels = cached_features(backbone, train_set, paths[0], **common)
+    eval_features, eval_labels = cached_features(backbone, eval_set, paths[1], **common)
     return train_features, train_labels, eval_features, eval_labels

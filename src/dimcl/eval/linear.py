@@ -35,7 +35,6 @@ from dimcl.eval.evaluate import evaluate
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features
 from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
-from dimcl.run_dir import FEATURE_CACHE
 from dimcl.schedules import cosine
 from dimcl.trained import load_trained_backbone
 
@@ -254,7 +253,7 @@ def _linear_of_run(
     train_set, eval_set = run.labelled
     if protocol == "fast":
         settings: dict[str, Any] = dict(epochs=epochs, seed=seed, **FAST)
-        features = cached_eval_features(backbone, cfg, cache_dir or run.run_dir / FEATURE_CACHE, device,
+        features = cached_eval_features(backbone, cfg, cache_dir or run.cache_dir, device,
                                         datasets=run.labelled)
         result = train_linear_probe(*features, run.num_classes, **settings)
     else:

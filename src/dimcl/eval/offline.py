@@ -15,7 +15,6 @@ from dimcl.eval.evaluate import evaluate
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features, weighted_knn
 from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
-from dimcl.run_dir import FEATURE_CACHE
 from dimcl.trained import load_trained_backbone
 
 
@@ -65,7 +64,7 @@ def _knn_of_run(run: RunToEvaluate, device: str | torch.device = "cpu") -> dict[
     """kNN of a run's backbone, on features cached in ``<run>/features`` (shared with ``dimcl linear``)."""
     backbone, _ = load_trained_backbone(run.path)
     backbone.to(device)
-    features = cached_eval_features(backbone, run.cfg, run.run_dir / FEATURE_CACHE, device, datasets=run.labelled)
+    features = cached_eval_features(backbone, run.cfg, run.cache_dir, device, datasets=run.labelled)
     return knn_of_features(*features, run.cfg, run.num_classes, device)
 
 

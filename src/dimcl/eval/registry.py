@@ -52,6 +52,8 @@ class RunToEvaluate:
     num_classes: int | None
     #: where the result file and any other output go (the run directory unless ``--out``)
     out_dir: Path
+    #: the feature cache (``<run>/features``); None when the run directory is read-only
+    cache_dir: Path | None
 
 
 @dataclass(frozen=True)
