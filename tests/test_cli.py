@@ -56,7 +56,7 @@ def test_an_internal_value_error_is_a_bug_in_dimcl_not_bad_input(tiny_fashion_mn
 
 
 def test_a_worker_raised_error_reads_as_its_own_message():
-    from dimcl.data.datasets import BadImageError
+    from dimcl.data import BadImageError
     from dimcl.errors import message_of
 
     # What PyTorch's ExceptionWrapper.reraise builds from a worker's exception.

@@ -7,7 +7,7 @@ import typing
 import pytest
 
 from dimcl.config import ConfigError, DimCLConfig, parse_override
-from dimcl.experiment import config_differences
+from dimcl.experiment import experiment_differences
 from dimcl.losses.dimcl import IMPLEMENTATIONS
 from dimcl.methods import METHODS
 from dimcl.recipes import config_from_dict, list_recipes, load_config, resolve_recipe
@@ -94,10 +94,10 @@ def test_unknown_recipe_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
-def test_config_differences_names_each_changed_key():
+def test_experiment_differences_names_each_changed_key():
     a = load_config(None).to_dict()
     b = load_config(None, ["dimcl.weight=0.3", "method.proj_hidden_dim=8"]).to_dict()
-    assert config_differences(a, b) == [("dimcl.weight", 0.1, 0.3), ("method.proj_hidden_dim", None, 8)]
+    assert experiment_differences(a, b) == [("dimcl.weight", 0.1, 0.3), ("method.proj_hidden_dim", None, 8)]
 
 
 def test_dimcl_settings_have_one_home():

@@ -46,3 +46,9 @@ def test_a_key_an_old_config_lacks_counts_as_its_default():
     old = Config().to_dict()
     del old["data"]["val_size"]
     assert experiment_differences(old, Config().to_dict()) == []
+
+
+def test_a_method_option_on_one_side_only_is_another_experiment():
+    with_option = Config().to_dict()
+    with_option["method"]["proj_hidden_dim"] = 8  # to_dict() lays the method's options beside its name
+    assert experiment_differences(Config().to_dict(), with_option) == [("method.proj_hidden_dim", None, 8)]

@@ -28,10 +28,11 @@ from dimcl import cli
 from dimcl.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
 from dimcl.config import ConfigError
 from dimcl.data import BadImageError, build_dataset
-from dimcl.data.datasets import load_safe_pickle
+from dimcl.data.safe_pickle import load_safe_pickle
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import LOCK, TIMING_KEYS, read_metrics
-from dimcl.train.loop import NonFiniteLossError, Pretrainer, pretrain
+from dimcl.train.loop import NonFiniteLossError, pretrain
+from dimcl.train.pretrainer import Pretrainer
 
 DIMCL = str(Path(sys.executable).with_name("dimcl"))
 

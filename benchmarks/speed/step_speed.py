@@ -37,8 +37,9 @@ import torch
 from dimcl.build import build_method_from_config
 from dimcl.methods import METHODS, cosine_momentum
 from dimcl.recipes import load_config, resolve_recipe
-from dimcl.train.loop import Pretrainer, compile_networks, pretrain
+from dimcl.train.loop import pretrain
 from dimcl.train.optim import build_optimizer
+from dimcl.train.pretrainer import Pretrainer, compile_networks
 
 AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

@@ -39,12 +39,10 @@ def check_values(cfg: Any) -> None:
 
 
 def _check_numbers(node: Any, prefix: str = "") -> None:
-    fields = dataclasses.fields(node) if not isinstance(node, dict) else ()
-    items = node.items() if isinstance(node, dict) else ((f.name, getattr(node, f.name)) for f in fields)
-    for name, value in items:
+    for name, value in (node if isinstance(node, dict) else vars(node)).items():
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(value) or isinstance(value, dict):  # a section, or a method's options
-            _check_numbers(value, f"{prefix}{name}." if name != "options" else prefix)
+            _check_numbers(value, prefix if name == "options" else f"{key}.")
             continue
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, float):

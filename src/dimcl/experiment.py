@@ -31,8 +31,6 @@ RUN_ONLY_KEYS = frozenset({
     "data.num_workers", "data.on_bad_image", "data.augment_on", "data.root", "data.download",
     "eval.diagnose_every",
 })
-#: what a run may be resumed with besides :data:`RUN_ONLY_KEYS`: more epochs (the schedules stretch)
-RESUMABLE_KEYS = RUN_ONLY_KEYS | {"trainer.max_epochs"}
 
 
 def flatten_with_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -40,16 +38,6 @@ def flatten_with_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
     existed describes the same experiment as one with the key at its default (a new key's default keeps the
     old behaviour)."""
     return {**flatten_config(Config().to_dict()), **flatten_config(mapping)}
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, old value, new value) for every dotted key whose value differs.
-
-    A key that one side lacks counts as the default value (:func:`flatten_with_defaults`).
-    """
-    flat_old, flat_new = flatten_with_defaults(old), flatten_with_defaults(new)
-    keys = sorted(set(flat_old) | set(flat_new))
-    return [(k, flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)]
 
 
 def experiment_of(flat: dict[str, Any], across_seeds: bool = False) -> dict[str, Any]:
@@ -70,13 +58,13 @@ def experiment_differences(
     ``old``; empty when they are the same one. ``epochs``: whether ``trainer.max_epochs`` must be equal,
     may grow (a sweep continues a run to a longer budget), or may change (resume checks it itself)."""
     flat_old, flat_new = experiment_of(flatten_with_defaults(old)), experiment_of(flatten_with_defaults(new))
-    # One side plain (λ = 0): its other dimcl.* keys are gone, and λ alone tells the two apart.
-    keys = set(flat_old) & set(flat_new) if set(flat_old) != set(flat_new) else set(flat_old)
     diffs = []
-    for key in sorted(keys):
+    for key in sorted(set(flat_old) | set(flat_new)):
         before, after = flat_old.get(key), flat_new.get(key)
         if before == after:
             continue
+        if key.startswith("dimcl.") and (key in flat_old) != (key in flat_new):
+            continue  # one side plain (λ = 0): its other dimcl.* keys are gone, and λ alone tells them apart
         if key == "trainer.max_epochs" and (
             epochs == "any" or (epochs == "may_grow" and isinstance(before, int) and isinstance(after, int)
                                 and after > before)

@@ -158,9 +158,18 @@ def check_output_folder(folder: str | os.PathLike[str], option: str = "--out", w
         existing = existing.parent
     if not existing.is_dir():
         raise BadInputError(f"{option} '{folder}' cannot be created: '{existing}' is a file, not a directory")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as err:
+    err = write_probe(existing)
+    if err is not None:
         raise BadInputError(
             f"{option} '{folder}' is not writable ({err.strerror} in '{existing}'); choose a directory you can write"
-        ) from None
+        )
+
+
+def write_probe(folder: str | os.PathLike[str]) -> OSError | None:
+    """None when a file can be created in ``folder``, else the error that refused it. Tried rather than asked
+    (``os.access``): root passes every permission check, but not a read-only mount's."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        return err
+    return None

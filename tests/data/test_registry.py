@@ -97,6 +97,7 @@ def test_a_registered_dataset_serves_a_run_with_a_validation_hold_out(squares):
     assert first_pixel == kept + list(range(12, 17))  # the held-out training images left; the extras stayed
     bank, evaluation = splits.labelled()
     assert (len(bank), len(evaluation)) == (8, 4) and splits.num_classes(bank) == 3
+    assert labels_of(bank).max().item() + 1 == 3  # the labels the reader served, not only the entry's count
     assert splits.crop_size == 8 and splits.device_views() is not None
 
 

@@ -99,7 +99,8 @@ def test_a_read_only_run_directory_is_read_not_written(run, tmp_path, monkeypatc
     shutil.rmtree(run / "features", ignore_errors=True)
     before = sorted(p.name for p in run.iterdir())
     # As on a read-only mount (root passes chmod; the probe tries to create a file, as dimcl would).
-    monkeypatch.setattr(wrapper, "_writable", lambda folder: Path(folder) != run)
+    read_only = OSError(30, "Read-only file system")
+    monkeypatch.setattr(wrapper, "write_probe", lambda folder: read_only if Path(folder) == run else None)
     assert cli.main(["knn", "--ckpt", str(run)]) == 2
     err = capsys.readouterr().err
     assert "read-only" in err and "--out" in err, err

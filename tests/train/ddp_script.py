@@ -23,8 +23,9 @@ from dimcl.recipes import (
     load_config,  # noqa: E402
     resolve_recipe,  # noqa: E402
 )
-from dimcl.train.loop import Pretrainer, pretrain  # noqa: E402
+from dimcl.train.loop import pretrain  # noqa: E402
 from dimcl.train.optim import build_optimizer  # noqa: E402
+from dimcl.train.pretrainer import Pretrainer  # noqa: E402
 
 DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
 FIXED_STEPS = 3

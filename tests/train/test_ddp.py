@@ -21,8 +21,8 @@ from ddp_script import fixed_batch, fixed_config, run_fixed_steps  # noqa: E402
 from dimcl.build import build_method_from_config  # noqa: E402
 from dimcl.checkpoint import load_checkpoint  # noqa: E402
 from dimcl.run_dir import TIMING_KEYS, read_metrics  # noqa: E402
-from dimcl.train.loop import Pretrainer  # noqa: E402
 from dimcl.train.optim import build_optimizer  # noqa: E402
+from dimcl.train.pretrainer import Pretrainer  # noqa: E402
 
 
 def _launch(*args: str) -> None:

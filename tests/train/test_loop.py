@@ -12,7 +12,7 @@ from methods.cases import option_overrides
 
 from dimcl.checkpoint import load_backbone_weights, load_checkpoint
 from dimcl.config import ConfigError
-from dimcl.experiment import RESUMABLE_KEYS
+from dimcl.experiment import RUN_ONLY_KEYS
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.run_dir import BACKBONE_PREFIX, METHOD_PREFIX, read_metrics, weights_under
 from dimcl.train import loop
@@ -116,7 +116,7 @@ def test_refuses_to_overwrite_a_run_and_resume_checks_the_config(tiny_fashion_mn
     assert (tmp_path / "metrics.jsonl").read_text() == before
     # Training longer is allowed (the schedule is stretched), and so is switching a key of RUN_ONLY_KEYS
     # (a speed setting, the accelerator's name): the same keys a sweep accepts for a finished cell.
-    assert {"trainer.channels_last", "trainer.accelerator", "data.root"} <= RESUMABLE_KEYS
+    assert {"trainer.channels_last", "trainer.accelerator", "data.root"} <= RUN_ONLY_KEYS
     result = pretrain(tiny_config(tiny_fashion_mnist, "trainer.max_epochs=2", "eval.every=0",
                                   "trainer.channels_last=true", "trainer.accelerator=cpu"), tmp_path, resume=True)
     assert [r["epoch"] for r in result.records] == [2]

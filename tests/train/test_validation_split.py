@@ -9,7 +9,7 @@ from conftest import write_fashion_mnist
 from dimcl.build import build_eval_datasets, build_pretrain_dataset, validation_split
 from dimcl.config import ConfigError
 from dimcl.data import build_dataset
-from dimcl.experiment import config_differences
+from dimcl.experiment import experiment_differences
 from dimcl.recipes import load_config, resolve_recipe
 
 
@@ -75,6 +75,6 @@ def test_bad_sizes_are_clear_errors(data):
 def test_a_config_saved_before_a_key_existed_is_the_same_experiment():
     new = load_config(resolve_recipe("fashion_mnist/byol")).to_dict()
     old = {**new, "data": {k: v for k, v in new["data"].items() if k != "val_size"}}
-    assert config_differences(old, new) == []
+    assert experiment_differences(old, new) == []
     changed = {**new, "data": {**new["data"], "val_size": 10}}
-    assert config_differences(old, changed) == [("data.val_size", 0, 10)]
+    assert experiment_differences(old, changed) == [("data.val_size", 0, 10)]

@@ -29,29 +29,16 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from dimcl.data.errors import BadImageError, DatasetError, DatasetNotFoundError
+from dimcl.data.errors import DatasetError, DatasetNotFoundError
 from dimcl.data.formats.cifar import CIFAR10, CIFAR100, cifar_reader
-from dimcl.data.formats.idx import FASHION_MNIST_CLASSES, read_fashion_mnist, read_idx
-from dimcl.data.formats.imagefolder import (
-    IMAGE_EXTENSIONS,
-    ON_BAD_IMAGE,
-    ImageFolderDataset,
-    check_on_bad_image,
-    read_image_folder,
-)
+from dimcl.data.formats.idx import read_fashion_mnist
+from dimcl.data.formats.imagefolder import ImageFolderDataset, check_on_bad_image, read_image_folder
 from dimcl.data.formats.stl10 import read_stl10
-from dimcl.data.in_memory import TensorImageDataset
 from dimcl.data.info import SPLITS, DatasetInfo
-from dimcl.data.safe_pickle import UnsafePickleError, load_safe_pickle
-from dimcl.data.subsets import bad_image_count, labels_of, seeded_subset
+from dimcl.data.subsets import seeded_subset
 from dimcl.names import did_you_mean
 
-__all__ = [
-    "DATASETS", "FASHION_MNIST_CLASSES", "IMAGE_EXTENSIONS", "ON_BAD_IMAGE", "SPLITS", "BadImageError",
-    "DatasetError", "DatasetInfo", "DatasetNotFoundError", "ImageFolderDataset", "TensorImageDataset",
-    "UnsafePickleError", "bad_image_count", "build_dataset", "dataset_info", "labels_of", "load_safe_pickle",
-    "read_idx", "seeded_subset",
-]  # fmt: skip
+__all__ = ["DATASETS", "build_dataset", "dataset_info"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

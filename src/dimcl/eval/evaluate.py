@@ -8,7 +8,6 @@ evaluation that needs labels, runs the evaluation and writes its result file ato
 from __future__ import annotations
 
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from dimcl.data import run_splits
 from dimcl.errors import ConfigError
 from dimcl.eval.registry import EVALUATIONS, RunToEvaluate
-from dimcl.files import check_output_folder
+from dimcl.files import check_output_folder, write_probe
 from dimcl.run_dir import FEATURE_CACHE, hold_run_dir, load_run_config, write_result
 from dimcl.trained import run_dir_of
 
@@ -44,7 +43,7 @@ def evaluate(
     splits = run_splits(cfg)
     labelled = splits.labelled()
     num_classes = splits.class_count(labelled[0], name) if evaluation.needs_labels else splits.num_classes(labelled[0])
-    writable = _writable(run_dir)
+    writable = write_probe(run_dir) is None
     if target == run_dir and not writable:
         raise ConfigError(f"the run directory '{run_dir}' is read-only, so {evaluation.file} cannot be written "
                           "there; give --out FOLDER for the result")
@@ -63,13 +62,3 @@ def evaluate(
         result = evaluation.run(run, device=device, **options)
         write_result(target, evaluation.file, result)
     return result
-
-
-def _writable(folder: Path) -> bool:
-    """Whether a file can be created in ``folder`` (tried, since root passes every permission check but a
-    read-only mount's)."""
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError:
-        return False
-    return True

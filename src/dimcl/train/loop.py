@@ -90,7 +90,7 @@ def _pretrain(cfg: Config, writer: RunWriter, resume: bool | str) -> PretrainRes
     """:func:`pretrain` after Fabric's launch, phase by phase. The phases draw random numbers in this order,
     which is part of what makes a resumed run equal an uninterrupted one: keep it."""
     # ============ opening the run directory: the checkpoint to resume, or a refusal to overwrite ============
-    state, resumed = writer.open(resume)
+    state = writer.open(resume)
     torch.manual_seed(cfg.seed)
 
     # ============ preparing the data: all of it opened (so checked) before anything is written ============
@@ -108,7 +108,7 @@ def _pretrain(cfg: Config, writer: RunWriter, resume: bool | str) -> PretrainRes
 
     # ============ becoming the run directory's writer: the lock, config.yaml, provenance ============
     writer.become_writer()
-    writer.start_writing(state, resumed, start_epoch)
+    writer.start_writing(state, start_epoch)
 
     # ============ training: epoch after epoch, each checkpointed and recorded ============
     records = _train_epochs(run, start_epoch, state)

@@ -132,8 +132,8 @@ class RunWriter:
     def is_main(self) -> bool:
         return self.fabric.global_rank == 0
 
-    def open(self, resume: bool | str) -> tuple[dict[str, Any] | None, bool]:
-        """The checkpoint to continue from (None for a new run) and whether this run resumes; the loggers
+    def open(self, resume: bool | str) -> dict[str, Any] | None:
+        """The checkpoint to continue from (None for a new run: a resumed run always has one); the loggers
         continue from the checkpoint's epoch."""
         fabric = self.fabric
         if resume == "auto":
@@ -156,7 +156,7 @@ class RunWriter:
             continue_logs(fabric.loggers, 0)
         for notice in notices:
             fabric.print(f"notice: {notice}")
-        return state, bool(resume)
+        return state
 
     def become_writer(self) -> None:
         """Rank 0 takes the run directory's lock; every rank stops if another process holds it, or wrote a
@@ -177,14 +177,13 @@ class RunWriter:
         if error is not None:
             raise RunDirBusyError(error)
 
-    def start_writing(self, state: dict[str, Any] | None, resumed: bool, start_epoch: int) -> None:
+    def start_writing(self, state: dict[str, Any] | None, start_epoch: int) -> None:
         """Rank 0 writes the run's config and provenance (and mends a metrics line a kill cut off)."""
         if self.is_main:
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out_dir / CONFIG)
-            append_provenance(
-                self.out_dir, {**provenance(self.fabric.device), "resumed_at_epoch": start_epoch if resumed else None}
-            )
+            resumed_at = start_epoch if state is not None else None
+            append_provenance(self.out_dir, {**provenance(self.fabric.device), "resumed_at_epoch": resumed_at})
             if state is not None and state["metrics"] is not None and restore_metrics(self.out_dir, state["metrics"]):
                 # Logged after the metrics line, so the logs lack the mended epoch as well.
                 metrics = state["metrics"]

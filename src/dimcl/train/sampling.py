@@ -17,6 +17,7 @@ has no ``set_epoch`` and takes its epoch from :meth:`EpochFeed.begin_epoch` only
 from __future__ import annotations
 
 import atexit
+import functools
 import multiprocessing
 import signal
 from collections.abc import Iterator, Sized
@@ -98,14 +99,9 @@ def kill_leftover_workers() -> None:
         child.join(timeout=10)
 
 
-_kill_registered = False
-
-
+@functools.cache
 def _register_kill_at_exit() -> None:
-    global _kill_registered
-    if not _kill_registered:
-        atexit.register(kill_leftover_workers)
-        _kill_registered = True
+    atexit.register(kill_leftover_workers)  # once, by the first loader that starts workers
 
 
 class EpochFeed:

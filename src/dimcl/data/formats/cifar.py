@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dimcl.data.errors import DatasetError, DatasetNotFoundError
-from dimcl.data.formats.download import download_with_torchvision
+from dimcl.data.errors import DatasetError
+from dimcl.data.formats.download import require_files
 from dimcl.data.in_memory import TensorImageDataset
 from dimcl.data.info import DatasetInfo, Reader
 from dimcl.data.safe_pickle import load_safe_pickle
@@ -98,18 +98,12 @@ def cifar_reader(layout: CifarLayout) -> Reader:
     ) -> Dataset:
         folder = root / layout.folder
         files = [folder / f for part in parts for f in layout.files[part]]
-        if not all(f.is_file() for f in files) and download:
+        def fetch(into: str) -> None:
             import torchvision.datasets
 
-            downloader = getattr(torchvision.datasets, layout.torchvision_class)
-            download_with_torchvision(info, root, lambda r: downloader(r, train=True, download=True))
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise DatasetNotFoundError(
-                f"{info.name} files not found: '{missing[0]}' does not exist (data.root is '{root}', which "
-                f"should hold the folder {layout.folder}/ in torchvision's format). Set data.root to the "
-                f"folder that holds {layout.folder}/, or set data.download=true to fetch it with torchvision."
-            )
+            getattr(torchvision.datasets, layout.torchvision_class)(into, train=True, download=True)
+
+        require_files(info, root, files, layout.folder, fetch, download)
         batches = [_read_batch(info, layout, path) for path in files]
         return TensorImageDataset(
             torch.from_numpy(np.concatenate([images for images, _ in batches])),

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dimcl.data.errors import DatasetError, DatasetNotFoundError
-from dimcl.data.formats.download import download_with_torchvision
+from dimcl.data.errors import DatasetError
+from dimcl.data.formats.download import require_files
 from dimcl.data.in_memory import TensorImageDataset
 from dimcl.data.info import DatasetInfo
 
@@ -64,17 +64,12 @@ def read_stl10(
     """The :data:`~dimcl.data.info.Reader` of STL-10 (parts ``train``, ``unlabeled``, ``test``)."""
     folder = root / "stl10_binary"
     needed = [folder / f"{p}_X.bin" for p in parts] + [folder / f"{p}_y.bin" for p in parts if p != "unlabeled"]
-    if not all(f.is_file() for f in needed) and download:
+    def fetch(into: str) -> None:
         from torchvision.datasets import STL10
 
-        download_with_torchvision(info, root, lambda r: STL10(r, split="train+unlabeled", download=True))
-    missing = [f for f in needed if not f.is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"stl10 files not found: '{missing[0]}' does not exist (data.root is '{root}', which should hold "
-            f"the folder stl10_binary/ in torchvision's format). Set data.root to the folder that holds "
-            f"stl10_binary/, or set data.download=true to fetch it with torchvision (2.6 GB)."
-        )
+        STL10(into, split="train+unlabeled", download=True)
+
+    require_files(info, root, needed, "stl10_binary", fetch, download, " (2.6 GB)")
     image_files = [folder / f"{p}_X.bin" for p in parts]
     images = _read_stl_images(image_files)
     labels = []
