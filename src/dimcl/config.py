@@ -174,6 +174,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     #: PyTorch's fused SGD / AdamW kernels (None: on CUDA only); LARS updates all tensors at once off the CPU
     fused: bool | None = None
+    #: clip the method's gradients to this total L2 norm before each optimizer step (None: no clipping)
+    clip_grad_norm: float | None = None
 
 
 @dataclass

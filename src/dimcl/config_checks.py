@@ -96,6 +96,8 @@ def _check_optim(o: Any) -> None:
     require(o.min_lr >= 0, "optim.min_lr", o.min_lr, "it must be >= 0")
     require(o.warmup_start_lr >= 0, "optim.warmup_start_lr", o.warmup_start_lr, "it must be >= 0")
     require(o.eta > 0, "optim.eta", o.eta, "LARS' trust coefficient must be > 0")
+    require(o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", o.clip_grad_norm,
+            "it must be > 0, or null for no clipping")
     require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
             "AdamW's betas are two numbers in [0, 1)")
     require(

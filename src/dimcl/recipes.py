@@ -106,8 +106,10 @@ def check_names(cfg: Config) -> None:
 
 
 def _check_method_options(cfg: Config) -> None:
-    """Each ``method.<option>`` is one the method takes, of its default's type (and > 0 for numbers)."""
+    """Each ``method.<option>`` is one the method takes, of its default's type (and > 0 for numbers, >= 0
+    for those the method class names in ``nonnegative_options``)."""
     accepted = method_options(cfg.method.name)
+    nonnegative = METHODS[cfg.method.name].nonnegative_options
     for option, value in cfg.method.options.items():
         if option not in accepted:
             raise ConfigError(
@@ -120,5 +122,8 @@ def _check_method_options(cfg: Config) -> None:
         converted = coerce_value(value, hint)
         require(converted is not NO_MATCH, f"method.{option}", value, f"it takes {type_name(hint)}")
         if isinstance(converted, int | float) and not isinstance(converted, bool):
-            require(converted > 0, f"method.{option}", value, "it must be > 0")
+            if option in nonnegative:
+                require(converted >= 0, f"method.{option}", value, "it must be >= 0")
+            else:
+                require(converted > 0, f"method.{option}", value, "it must be > 0")
         cfg.method.options[option] = converted

@@ -18,7 +18,9 @@ A new method adds one row, :class:`MethodCase`:
   losses and gradients of two-view training are exactly what they were before multi-crop existed);
 - ``lr``: the SGD step with which a few steps on one fixed batch lower its loss;
 - ``fixed_buffers``: buffers that step test holds at their initial value (a queue of past keys would
-  otherwise fill with keys of the very same images, which raises a contrastive loss by design).
+  otherwise fill with keys of the very same images, which raises a contrastive loss by design; DINO's
+  centre would become that one batch's mean logit, which flattens the teacher's targets and so raises
+  the cross-entropy by design).
 
 Import this module as ``methods.cases`` (tests/ is on ``sys.path`` through conftest.py): under another name
 it would be a second table, and a row added to one would be missing from the other.
@@ -32,8 +34,22 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from dimcl.losses import barlow_twins_loss, byol_loss, moco_loss, nt_xent_loss, simsiam_loss, vicreg_loss
+from dimcl.losses import (
+    barlow_twins_loss,
+    byol_loss,
+    dino_loss,
+    moco_loss,
+    mocov3_loss,
+    nnclr_loss,
+    nt_xent_loss,
+    simsiam_loss,
+    sinkhorn,
+    swav_loss,
+    vicreg_loss,
+    whitened_mse_loss,
+)
 from dimcl.methods import METHODS, SSLMethod, method_options
 
 if __name__ != "methods.cases":
@@ -91,6 +107,45 @@ def _vicreg(method, views, z1, z2):
     return vicreg_loss(z1, z2, 25.0, 25.0, 1.0)
 
 
+def _dino(method, views, z1, z2):
+    # student: both global views' prototype logits; teacher: the momentum twin's, centred by the buffer as
+    # before this step; solo-learn's temperatures (0.1, and 0.07 from the start: no warm-up by default)
+    student = torch.cat([method.prototypes(F.normalize(z, dim=-1)) for z in (z1, z2)])
+    with torch.no_grad():
+        teacher = torch.cat([
+            method.momentum_prototypes(F.normalize(method.momentum_projector(method.momentum_backbone(x)), dim=-1))
+            for x in views[:2]
+        ])
+    return dino_loss(student, teacher, method.center.clone(), 0.1, 0.07)
+
+
+def _swav(method, views, z1, z2):
+    # the prototypes projected onto unit rows in place, outside autograd, as before SwAV's every step;
+    # Sinkhorn with SwAV's ε = 0.05 and 3 iterations; τ = 0.1
+    with torch.no_grad():
+        method.prototypes.weight.copy_(F.normalize(method.prototypes.weight, dim=1))
+    preds = [F.linear(F.normalize(z, dim=-1), method.prototypes.weight) for z in (z1, z2)]
+    return swav_loss(preds, [sinkhorn(p, 0.05, 3) for p in preds], 0.1)
+
+
+def _mocov3(method, views, z1, z2):
+    k1, k2 = momentum_projections(method, views)
+    return mocov3_loss(method.predictor(z1), k2, 0.2) + mocov3_loss(method.predictor(z2), k1, 0.2)
+
+
+def _nnclr(method, views, z1, z2):
+    queue = method.queue.clone()
+    u1, u2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    nn1, nn2 = queue[(u1 @ queue.T).argmax(1)], queue[(u2 @ queue.T).argmax(1)]
+    return (nnclr_loss(nn1, method.predictor(z2), 0.2) + nnclr_loss(nn2, method.predictor(z1), 0.2)) / 2
+
+
+def _wmse(method, views, z1, z2):
+    generator = torch.Generator().manual_seed(int(method.permutation_seed) + int(method.permutation_step))
+    perm = torch.randperm(z1.shape[0], generator=generator)
+    return whitened_mse_loss(z1, z2, [perm], method.whitening_size, 0.0)
+
+
 #: the rows, by registry name
 CASES: dict[str, MethodCase] = {
     "simclr": MethodCase(dict(proj_hidden_dim=32, proj_output_dim=16), _simclr),
@@ -102,6 +157,16 @@ CASES: dict[str, MethodCase] = {
     "barlow_twins": MethodCase(dict(proj_hidden_dim=32, proj_output_dim=16), _barlow_twins),
     # VICReg's loss is ~10x the others' (weights 25/25/1): a smaller step
     "vicreg": MethodCase(dict(proj_hidden_dim=32, proj_output_dim=16), _vicreg, lr=0.005),
+    "dino": MethodCase(dict(proj_hidden_dim=32, proj_output_dim=16, num_prototypes=64), _dino,
+                       fixed_buffers=("center",)),
+    "swav": MethodCase(dict(proj_hidden_dim=32, proj_output_dim=16, num_prototypes=24, queue_size=0), _swav),
+    "mocov3": MethodCase(dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32), _mocov3),
+    "nnclr": MethodCase(
+        dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, queue_size=64), _nnclr,
+        fixed_buffers=("queue",),
+    ),
+    # sub-batches of 8 whiten 4 dimensions (the tests' batches are 16 and 32 images, the loop's 16)
+    "wmse": MethodCase(dict(proj_hidden_dim=32, proj_output_dim=4, whitening_size=8), _wmse),
 }
 
 

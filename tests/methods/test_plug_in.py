@@ -119,7 +119,7 @@ globals().update(SHARED_TESTS)
 def test_the_shared_tests_run_here():
     assert {test.__module__ for test in SHARED_TESTS.values()} == {"test_methods", "test_multicrop", "test_loop"}
     assert len(SHARED_TESTS) >= 14 and {
-        "test_every_method_trains_through_the_loop",
+        "test_every_method_trains_through_the_command",
         "test_loss_is_the_weighted_sum_of_the_method_objective_and_dimcl",
         "test_two_views_compute_exactly_what_they_did_before_multi_crop",
     } <= SHARED_TESTS.keys()

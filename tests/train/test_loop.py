@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 from conftest import TINY_RUN
 from methods.cases import option_overrides
 
+from dimcl import cli
 from dimcl.checkpoint import load_backbone_weights, load_checkpoint
 from dimcl.config import ConfigError
 from dimcl.experiment import RUN_ONLY_KEYS
@@ -87,14 +89,14 @@ def test_scalars_are_read_from_the_device_every_log_every_n_steps(tiny_fashion_m
         assert every_4.records[0][key] == every_step.records[0][key], key
 
 
-def test_every_method_trains_through_the_loop(tiny_fashion_mnist, tmp_path, method_name):
-    # the method's small options from its row (tests/methods/cases.py)
+def test_every_method_trains_through_the_command(tiny_fashion_mnist, tmp_path, method_name):
+    """One epoch of every method, DimCL on, through `dimcl pretrain` (the method's small options from its row)."""
     overrides = [o for o in TINY_RUN if not o.startswith("method.")] + option_overrides(method_name)
     overrides += ["trainer.max_epochs=1", "eval.every=0", "optim.name=sgd", "optim.lr=0.05"]
-    cfg = load_config(None, [f"method.name={method_name}", "backbone.name=small_cnn", "data.name=fashion_mnist",
-                             f"data.root={tiny_fashion_mnist}", *overrides])
-    (record,) = pretrain(cfg, tmp_path).records
-    assert torch.isfinite(torch.tensor(record["loss"])) and "loss_dimcl" in record
+    assert cli.main(["pretrain", "-o", str(tmp_path), f"method.name={method_name}", "backbone.name=small_cnn",
+                     "data.name=fashion_mnist", f"data.root={tiny_fashion_mnist}", *overrides]) == 0
+    (record,) = read_metrics(tmp_path)
+    assert all(math.isfinite(record[key]) for key in ("loss", "loss_ssl", "loss_dimcl")), record
 
 
 def test_accumulation_and_adamw_and_bf16(tiny_fashion_mnist, tmp_path):
@@ -134,7 +136,58 @@ def test_resume_continues_exactly(tiny_fashion_mnist, tmp_path):
         assert torch.equal(p, q)
 
 
-def _resume_from_epoch_one(root, full, tmp_path):
+def dino_config(root, *extra):
+    """DINO at the tests' widths, its teacher temperature warming up over both epochs and its last layer
+    frozen during the first: what follows the epoch must follow it on resume too."""
+    overrides = [o for o in TINY_RUN if not o.startswith("method.")] + option_overrides("dino")
+    return load_config(resolve_recipe("fashion_mnist/dino"), [*overrides, f"data.root={root}",
+                                                               "method.warmup_teacher_temperature_epochs=2", *extra])
+
+
+def test_dino_resumes_exactly_with_its_centre(tiny_fashion_mnist, tmp_path):
+    full = pretrain(dino_config(tiny_fashion_mnist, "eval.every=0"), tmp_path / "full")
+    resumed = _resume_from_epoch_one(tiny_fashion_mnist, full, tmp_path, dino_config, "eval.every=0")
+    assert resumed.records[0]["loss"] == full.records[1]["loss"]
+    assert torch.equal(resumed.model.method.center, full.model.method.center)
+    assert resumed.model.method.center.abs().sum() > 0  # the centre moved, and came back from the checkpoint
+    for p, q in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("freeze_last_layer", [1, 0])
+def test_frozen_parameters_learn_nothing_and_gradients_are_clipped(tiny_fashion_mnist, tmp_path, monkeypatch,
+                                                                    freeze_last_layer):
+    """DINO's last layer stays as built during its frozen epoch (and learns once it is not frozen); with
+    optim.clip_grad_norm every step's gradients reach the optimizer within that norm, the probe's apart."""
+    built, norms = [], []
+    build = loop.build_method_from_config
+
+    def recording_build(cfg):
+        method = build(cfg)
+        built.append({k: v.clone() for k, v in method.prototypes.state_dict().items()})
+        return method
+
+    clip = loop.Fabric.clip_gradients
+
+    def recording_clip(self, module, optimizer, **kwargs):
+        total = clip(self, module, optimizer, **kwargs)
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        norms.append((kwargs["max_norm"], float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))))
+        assert all(p.grad is None for p in module.prototypes.parameters()) == (freeze_last_layer == 1)
+        return total
+
+    monkeypatch.setattr(loop, "build_method_from_config", recording_build)
+    monkeypatch.setattr(loop.Fabric, "clip_gradients", recording_clip)
+    cfg = dino_config(tiny_fashion_mnist, "trainer.max_epochs=1", "eval.every=0", "optim.clip_grad_norm=0.5",
+                      f"method.freeze_last_layer={freeze_last_layer}")
+    result = pretrain(cfg, tmp_path)
+    after = result.model.method.prototypes.state_dict()
+    unchanged = all(torch.equal(after[k], v) for k, v in built[0].items())
+    assert unchanged == (freeze_last_layer == 1)
+    assert len(norms) == 6 and all(max_norm == 0.5 and norm <= 0.5 * (1 + 1e-5) for max_norm, norm in norms)
+
+
+def _resume_from_epoch_one(root, full, tmp_path, make_config=tiny_config, *extra):
     """A real interruption: train 2 epochs, but make the second one fail, then --resume."""
     import dimcl.train.loop as loop
 
@@ -151,11 +204,11 @@ def _resume_from_epoch_one(root, full, tmp_path):
     loop.set_learning_rate = failing_after_first_epoch
     try:
         with pytest.raises(KeyboardInterrupt):
-            pretrain(tiny_config(root), run)
+            pretrain(make_config(root, *extra), run)
     finally:
         loop.set_learning_rate = original
     assert [r["epoch"] for r in read_metrics(run)] == [1]
-    resumed = pretrain(tiny_config(root), run, resume=True)
+    resumed = pretrain(make_config(root, *extra), run, resume=True)
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     assert read_metrics(run)[0]["loss"] == full.records[0]["loss"]
     return resumed

@@ -11,7 +11,7 @@ autocast the result is the same to the bit.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -22,10 +22,21 @@ LossFn = TypeVar("LossFn", bound=Callable[..., torch.Tensor])
 
 
 def to_float32(tensor: Any) -> Any:
-    """``tensor`` in float32 if it is a half-precision tensor; anything else unchanged."""
+    """``tensor`` in float32 if it is a half-precision tensor, a list or tuple of tensors each so (SwAV's views);
+    anything else unchanged."""
+    if isinstance(tensor, (list, tuple)):
+        return type(tensor)(to_float32(t) for t in tensor)
     if isinstance(tensor, torch.Tensor) and tensor.dtype in HALF_DTYPES:
         return tensor.float()
     return tensor
+
+
+def _tensors(values: Any) -> Iterator[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from _tensors(value)
 
 
 def computed_in_float32(loss_fn: LossFn) -> LossFn:
@@ -33,7 +44,7 @@ def computed_in_float32(loss_fn: LossFn) -> LossFn:
 
     @functools.wraps(loss_fn)
     def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
-        first = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        first = next(_tensors((*args, *kwargs.values())))
         with torch.autocast(device_type=first.device.type, enabled=False):
             return loss_fn(*(to_float32(a) for a in args), **{k: to_float32(v) for k, v in kwargs.items()})
 

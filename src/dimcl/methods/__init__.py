@@ -10,15 +10,21 @@ from torch import nn
 from dimcl.methods.barlow_twins import BarlowTwins
 from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
 from dimcl.methods.byol import BYOL
+from dimcl.methods.dino import DINO
 from dimcl.methods.mocov2plus import MoCoV2Plus
+from dimcl.methods.mocov3 import MoCoV3
 from dimcl.methods.momentum import cosine_momentum
+from dimcl.methods.nnclr import NNCLR
 from dimcl.methods.simclr import SimCLR
 from dimcl.methods.simsiam import SimSiam
+from dimcl.methods.swav import SwAV
 from dimcl.methods.vicreg import VICReg
+from dimcl.methods.wmse import WMSE
 from dimcl.names import did_you_mean
 
 METHODS: dict[str, type[SSLMethod]] = {
-    cls.name: cls for cls in (SimCLR, MoCoV2Plus, BYOL, SimSiam, BarlowTwins, VICReg)
+    cls.name: cls
+    for cls in (SimCLR, MoCoV2Plus, BYOL, SimSiam, BarlowTwins, VICReg, DINO, SwAV, MoCoV3, NNCLR, WMSE)
 }
 
 
@@ -64,14 +70,19 @@ def build_method(
 
 __all__ = [
     "BYOL",
+    "DINO",
     "METHODS",
+    "NNCLR",
+    "WMSE",
     "BarlowTwins",
     "DimCLConfig",
     "MethodOutput",
     "MoCoV2Plus",
+    "MoCoV3",
     "SSLMethod",
     "SimCLR",
     "SimSiam",
+    "SwAV",
     "VICReg",
     "build_method",
     "cosine_momentum",

@@ -6,7 +6,9 @@ The contract of a method (a subclass of :class:`SSLMethod`):
 - ``name``: its registry name, a class attribute (checked when the class is defined); the config's
   ``method.name`` and the recipes' file names ``configs/<dataset>/<name>.yaml``.
 - ``__init__(backbone, dimcl=None, *, <options with defaults>, gather_distributed=True)``: the
-  keyword options become the config keys ``method.<option>``.
+  keyword options become the config keys ``method.<option>``; a numeric option must be > 0 in a config,
+  or >= 0 when the class names it in ``nonnegative_options`` (a number of epochs, a size 0 that turns a
+  part off).
 - ``forward(views)``: two global augmented batches (N, C, H, W), then any multi-crop local ones
   (N, C, h, w), in; a :class:`MethodOutput` out. ``multi_crop = False`` declares a method that takes
   the two global views only (a third view is then an error).
@@ -14,6 +16,13 @@ The contract of a method (a subclass of :class:`SSLMethod`):
   ``base_momentum`` and returns its (online, twin) module pairs; after every optimizer step the
   training loop calls ``momentum_update(cosine_momentum(step, total_steps, base_momentum))``.
   ``base_momentum = None`` (the default) means no twin, and the loop never calls it.
+- ``begin_epoch(epoch)``: the loop calls it before each epoch's first step (a resumed run too), so a
+  method whose behaviour follows the epoch (DINO's teacher temperature, SwAV's queue) reads ``self.epoch``;
+  checkpoints need not hold it.
+- ``frozen_parameters()``: parameters whose gradient the loop drops before this step's optimizer step
+  (DINO's last layer and SwAV's prototypes during their first epochs); empty by default.
+- ``check_global_batch(global_batch)``: refuses, before anything is written, a global batch the method
+  cannot take (W-MSE's whitening sub-batches must divide it).
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ class SSLMethod(nn.Module):
     base_momentum: float | None = None
     #: whether the method's loss uses multi-crop local views (views[2:]); false: it takes two views only
     multi_crop: ClassVar[bool] = True
+    #: the numeric options for which 0 is a value (every other numeric option must be > 0)
+    nonnegative_options: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,6 +89,8 @@ class SSLMethod(nn.Module):
         # The config's DimCL settings, checked where they are defined; a method built without them is plain.
         self.dimcl = dimcl if dimcl is not None else DimCLConfig(weight=0.0)
         self.gather_distributed = gather_distributed
+        #: the training epoch of the coming steps (0-based), set by ``begin_epoch``
+        self.epoch = 0
         self.dimcl_loss = (
             DimCLLoss(
                 self.dimcl.temperature, self.dimcl.hardness_aware, gather_distributed, self.dimcl.implementation
@@ -135,6 +148,17 @@ class SSLMethod(nn.Module):
         weight = self.dimcl.weight
         loss = (1 - weight) * loss_ssl + weight * loss_dimcl
         return MethodOutput(loss_ssl=loss_ssl, z1=z1, z2=z2, loss_dimcl=loss_dimcl, loss=loss, features=features)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The steps that follow belong to ``epoch`` (0-based)."""
+        self.epoch = epoch
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters that this epoch's optimizer steps leave untouched (their gradients are dropped)."""
+        return []
+
+    def check_global_batch(self, global_batch: int) -> None:
+        """Raise :class:`~dimcl.errors.ConfigError` if the method cannot train on ``global_batch`` images a step."""
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """The (online, momentum twin) module pairs that ``momentum_update`` moves.

@@ -192,6 +192,7 @@ def _build_data(cfg: Config, fabric: Fabric) -> dict[str, Any]:
 def _build_networks(cfg: Config, fabric: Fabric, num_classes: int | None, global_batch: int) -> dict[str, Any]:
     """The method, the online probe and the optimizer, set up by Fabric on the run's devices."""
     method = build_method_from_config(cfg)
+    method.check_global_batch(global_batch)
     probe = None
     if cfg.eval.online_probe and num_classes:
         probe = nn.Linear(method.backbone.num_features, num_classes)
@@ -264,6 +265,7 @@ def _train_one_epoch(run: TrainingRun, epoch: int, skip: int, progress: EpochPro
     cfg, t, loader = run.cfg, run.cfg.trainer, run.loader
     accumulate = cfg.optim.accumulate_grad_batches
     run.feed.begin_epoch(epoch)
+    run.method.begin_epoch(epoch)
     run.model.train()
     started = time.perf_counter() - progress.elapsed
     bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{t.max_epochs}",
@@ -338,7 +340,15 @@ def _read_step_scalars(run: TrainingRun, progress: EpochProgress) -> dict[str, f
 
 
 def _optimizer_step(run: TrainingRun) -> None:
-    """The optimizer step, then the momentum twins' update (methods with ``base_momentum``)."""
+    """The optimizer step (the method's frozen parameters left out, the gradients clipped to
+    ``optim.clip_grad_norm``), then the momentum twins' update (methods with ``base_momentum``)."""
+    for param in run.method.frozen_parameters():
+        param.grad = None  # SGD, AdamW and LARS skip a parameter without a gradient: no decay, no momentum
+    if run.cfg.optim.clip_grad_norm:
+        # Through Fabric: under 16-mixed the gradients are unscaled first. The method's parameters only (the
+        # probe learns on detached features); a non-finite norm is left to the loss check, which names the step.
+        run.fabric.clip_gradients(run.method, run.optimizer, max_norm=run.cfg.optim.clip_grad_norm,
+                                  error_if_nonfinite=False)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
