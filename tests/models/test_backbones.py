@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from dimcl.models import BACKBONES, SmallCNN, build_backbone
@@ -176,3 +177,19 @@ def test_small_cnn_step_benchmark_runs(capsys):
     seconds = module.time_small_cnn_step(batch_size=4, steps=1)
     assert seconds > 0
     assert "s/step" in capsys.readouterr().out
+
+
+def test_vit_takes_other_input_sides_by_interpolating_its_position_embeddings():
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny", in_channels=3, image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        # at its own size: torchvision's forward, to the bit
+        assert torch.equal(vit(x), torchvision.models.VisionTransformer.forward(vit, x))
+        local = vit(torch.randn(2, 3, 16, 16))  # a multi-crop local view: a 4x4 grid instead of 8x8
+    assert local.shape == (2, 192) and torch.isfinite(local).all()
+    # the interpolated grid of the native size is the embedding itself; a 4x4 grid is a smooth downsampling
+    grid = vit._position_embedding(4, 4)
+    assert grid.shape == (1, 17, 192) and torch.equal(grid[:, 0], vit.encoder.pos_embedding[:, 0])
+    with pytest.raises(ValueError, match="multiple of its patch size 4"):
+        vit(torch.randn(1, 3, 18, 18))

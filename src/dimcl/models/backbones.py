@@ -7,7 +7,8 @@
   the max-pool are replaced by one 3x3 stride-1 conv, as solo-learn does for CIFAR: the ImageNet
   stem would shrink a 32 px image to 8 px before the first residual block.
 - ``vit_tiny`` / ``vit_small``: torchvision ``VisionTransformer`` returning the class token; patch
-  size 4 for small images (64 tokens at 32 px), 16 otherwise.
+  size 4 for small images (64 tokens at 32 px), 16 otherwise. Other input sides (multi-crop's local
+  views) get interpolated position embeddings, as in DINO's ViT.
 - ``small_cnn``: :class:`SmallCNN`, a small ResNet-style net that makes CPU training practical.
 - ``timm/<model>``: any timm model (the optional ``dimcl[timm]`` extra), created with ``num_classes=0``
   (the pooled features), ``in_chans`` of the dataset and random weights; nothing is downloaded.
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -108,7 +110,7 @@ def _vit(
             "choose a patch_size that divides the image size (e.g. 4 for 28 or 32 px, 16 for 224 px)."
         )
     hidden_dim, depth, num_heads, mlp_dim = _VIT_SIZES[size]
-    model = torchvision.models.VisionTransformer(
+    model = _VisionTransformer(
         image_size=image_size,
         patch_size=patch_size,
         num_layers=depth,
@@ -125,6 +127,31 @@ def _vit(
     model.heads = nn.Identity()  # the encoder's output at the class token is the feature
     model.num_features = hidden_dim
     return model
+
+
+class _VisionTransformer(torchvision.models.VisionTransformer):
+    """torchvision's ViT that also takes other input sides than its ``image_size`` (multi-crop's local views,
+    as DINO's ViT does): the patch grid's position embeddings are interpolated (bicubic) to the input's grid.
+    At ``image_size`` it computes torchvision's forward exactly; the parameters and their names are torchvision's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"the ViT's input side ({h}x{w}) must be a multiple of its patch size {self.patch_size}")
+        patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (n, grid, hidden)
+        tokens = torch.cat([self.class_token.expand(n, -1, -1), patches], dim=1)
+        encoder = self.encoder
+        tokens = tokens + self._position_embedding(h // self.patch_size, w // self.patch_size)
+        return self.heads(encoder.ln(encoder.layers(encoder.dropout(tokens)))[:, 0])
+
+    def _position_embedding(self, rows: int, columns: int) -> torch.Tensor:
+        embedding = self.encoder.pos_embedding  # (1, 1 + side², hidden): the class token's, then the grid's
+        side = self.image_size // self.patch_size
+        if (rows, columns) == (side, side):
+            return embedding
+        grid = embedding[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(rows, columns), mode="bicubic", align_corners=False)
+        return torch.cat([embedding[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * columns, -1)], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------
