@@ -7,7 +7,7 @@
 #    blockwise DimCL, kNN on the device), JSON with figures;
 # 2. the test suite's CUDA cases (tests parametrised with "cuda": device views equal to the per-image path,
 #    objectives in float32 under CUDA autocast, kNN on the device);
-# 3. benchmarks/speed/gpu.sh: training-step speed of the six methods and the DimCL loss's memory.
+# 3. benchmarks/speed/gpu.sh: training-step speed of every method and the DimCL loss's memory.
 # It uses the machine's python with torch, torchvision, lightning, safetensors and pyyaml already there
 # (GPU machines often cannot reach PyPI) and imports dimcl from this checkout's src/ (nothing is installed).
 set -uo pipefail

@@ -4,7 +4,8 @@
     python benchmarks/gpu/smoke.py --device cpu --out x.json   # a dry run of the same code on the CPU
 
 Checks (each a row of the JSON, with its figures; a failed check is a row with "ok": false and the error):
-- every method, base and +DimCL, one epoch in bf16-mixed; BYOL and SimCLR in 16-mixed: finite losses
+- every method, base and +DimCL, one epoch in bf16-mixed; BYOL, SimCLR and DINO (gradients clipped, so
+  unscaled by the GradScaler first) in 16-mixed: finite losses
   (that each objective computes in float32 under CUDA autocast is the test suite's, run by run.sh);
 - ``trainer.compile=true``: the run finishes and its checkpoint has the uncompiled run's parameter names;
 - ``data.augment_on=device``: the batch views are made on the GPU;
@@ -36,23 +37,20 @@ sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
 import torch  # noqa: E402
 from conftest import TINY_RUN, write_fashion_mnist  # noqa: E402
+from methods.cases import option_overrides  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from dimcl.checkpoint import load_checkpoint  # noqa: E402
 from dimcl.eval.knn import weighted_knn  # noqa: E402
 from dimcl.losses import dimcl_loss  # noqa: E402
 from dimcl.methods import METHODS  # noqa: E402
-from dimcl.recipes import load_config, method_options, resolve_recipe  # noqa: E402
+from dimcl.recipes import load_config, resolve_recipe  # noqa: E402
 from dimcl.train.loop import pretrain  # noqa: E402
-
-OPTIONS = {"mocov2plus": ["method.queue_size=64"]}
 
 
 def _tiny(method: str) -> list[str]:
-    """The tests' tiny-run overrides, without the method options this method does not have."""
-    options = method_options(method)
-    tiny = [o for o in TINY_RUN if not o.startswith("method.") or o.split("=")[0].split(".")[1] in options]
-    return tiny + OPTIONS.get(method, [])
+    """The tests' tiny-run overrides with the method's small options (its row of tests/methods/cases.py)."""
+    return [o for o in TINY_RUN if not o.startswith("method.")] + option_overrides(method)
 
 
 def _config(root: Path, device: str, method: str = "byol", *extra: str):
@@ -64,7 +62,7 @@ def _config(root: Path, device: str, method: str = "byol", *extra: str):
 
 def check_precisions(root: Path, work: Path, device: str) -> dict:
     runs = [(m, "bf16-mixed", w) for m in METHODS for w in (0.0, 0.1)]
-    runs += [(m, "16-mixed", 0.1) for m in ("byol", "simclr")]
+    runs += [(m, "16-mixed", 0.1) for m in ("byol", "simclr", "dino")]
     losses = {}
     for method, precision, weight in runs:
         if precision == "16-mixed" and device == "cpu":
