@@ -14,8 +14,12 @@ from conftest import TINY_RUN, write_fashion_mnist
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import TensorDataset
 
+from dimcl.data import dataset_info
+from dimcl.data.in_memory import TensorImageDataset
+from dimcl.data.view_config import byol_view_configs
+from dimcl.data.views import MultiViewTransform, ViewTransform
 from dimcl.run_dir import read_metrics
-from dimcl.train.sampling import EpochFeed, ShardedEpochSampler, epoch_seed
+from dimcl.train.sampling import EpochFeed, PerImageSeeds, ShardedEpochSampler, epoch_seed, image_seed
 
 DIMCL = str(Path(sys.executable).with_name("dimcl"))
 
@@ -87,3 +91,39 @@ def test_the_rank_term_reaches_the_32_bits_the_cpu_generator_keeps():
     # torch.manual_seed(s) and manual_seed(s + 2**32) give the same stream: only the low 32 bits count.
     for rank in range(1, 64):
         assert (epoch_seed(0, 0, rank) - epoch_seed(0, 0)) % 2**32 != 0
+
+
+def test_each_image_draws_its_views_from_its_own_seed():
+    info = dataset_info("fashion_mnist")
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    views = MultiViewTransform([ViewTransform(v, info) for v in byol_view_configs(info)])
+    seeded = PerImageSeeds(TensorImageDataset(images, None, views), seed=4)
+    seeded.epoch = 2
+    forward = [seeded[i][0] for i in range(6)]
+    torch.manual_seed(123)  # the global generator plays no part
+    backward = [seeded[i][0] for i in reversed(range(6))][::-1]
+    assert all(torch.equal(a, b) for f, g in zip(forward, backward, strict=True) for a, b in zip(f, g, strict=True))
+    assert not torch.equal(forward[0][0], forward[0][1])  # the two views of an image differ
+    seeded.epoch = 3
+    assert not torch.equal(seeded[0][0][0], forward[0][0])  # and every epoch draws anew
+    # the seeds of a run's (epoch, image) pairs are distinct in their 32 bits, those of other seeds too
+    seeds = {image_seed(s, e, i) for s in (0, 1) for e in range(10) for i in range(1000)}
+    assert len(seeds) > 19_990 and max(seeds) < 2**32
+
+
+def test_results_do_not_depend_on_the_number_of_loader_workers(tiny_fashion_mnist, tmp_path):
+    """0, 1 and 2 workers: the same losses and weights, to the bit (data.num_workers is a run-only key)."""
+    from dimcl.recipes import load_config, resolve_recipe
+    from dimcl.train.loop import pretrain
+
+    results = []
+    for workers in (0, 1, 2):
+        cfg = load_config(resolve_recipe("fashion_mnist/byol"), [
+            *TINY_RUN, f"data.root={tiny_fashion_mnist}", "trainer.max_epochs=1", "eval.every=0",
+            f"data.num_workers={workers}",
+        ])
+        results.append(pretrain(cfg, tmp_path / f"w{workers}"))
+    for other in results[1:]:
+        assert other.records[0]["loss"] == results[0].records[0]["loss"]
+        assert all(torch.equal(p, q) for p, q in zip(other.model.parameters(), results[0].model.parameters(),
+                                                      strict=True))

@@ -17,13 +17,16 @@ colour steps in place with torchvision's formulas; hue and blur use cheaper exac
 Ops that open a parallel region even for tiny tensors (``argmax``, ``F.pad(mode="reflect")``) are
 avoided: on a busy 2-core box each such region is slow when the process has 2 threads.
 
-Randomness comes from torch's global generator, which PyTorch seeds differently in every DataLoader
-worker, so ``torch.manual_seed`` makes views reproducible and workers do not repeat each other.
+Randomness comes from the generator that :func:`drawing_from` sets for the image being made (the
+pretraining loader seeds one per image from (seed, epoch, image index): see
+:class:`dimcl.train.sampling.PerImageSeeds`), else from torch's global generator, which PyTorch seeds
+differently in every DataLoader worker, so ``torch.manual_seed`` makes views reproducible.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -51,8 +54,23 @@ __all__ = [
     "ViewTransform",
     "build_view_transform",
     "byol_view_configs",
+    "drawing_from",
     "eval_transform",
 ]
+
+#: the generator the views being made draw from (None: torch's global one); one per process
+_generator: torch.Generator | None = None
+
+
+@contextlib.contextmanager
+def drawing_from(generator: torch.Generator) -> Iterator[None]:
+    """Inside, every :class:`ViewTransform` draws its random numbers from ``generator``."""
+    global _generator
+    previous, _generator = _generator, generator
+    try:
+        yield
+    finally:
+        _generator = previous
 
 
 def _to_float(image: Tensor) -> Tensor:
@@ -132,7 +150,7 @@ class ViewTransform(PlannedView):
     def __call__(self, image: Any) -> Tensor:
         plan = self.plan
         image = as_image_tensor(image, plan.channels)
-        random = torch.rand(RandomColumns.COUNT).tolist()
+        random = torch.rand(RandomColumns.COUNT, generator=_generator).tolist()
         top, left, h, w = plan.crop_box(image.shape[-2], image.shape[-1], random)
         # Crop the uint8 image by slicing, so only the crop is ever converted to float.
         x = _resize(image[:, top : top + h, left : left + w], plan.crop_size, plan.crop_size)

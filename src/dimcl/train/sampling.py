@@ -5,9 +5,12 @@ epoch boundary, in a fresh process, replays that epoch exactly as the uninterrup
 
 - the order of the images: one permutation per epoch drawn from ``epoch_seed(seed, epoch)`` (the same
   on every rank), which each rank then takes every ``world_size``-th image of;
-- the augmentations: the global torch RNG (views made in the main process or on the device) and the
-  loader's generator (the seeds of its worker processes) are seeded from ``epoch_seed(seed, epoch,
-  rank)``, so the ranks draw different augmentation parameters from one another.
+- the augmentations made by the loader: each image's from a generator of its own, seeded from
+  ``image_seed(seed, epoch, index)`` (:class:`PerImageSeeds`), so they do not depend on which worker
+  makes them, how many workers there are, or which rank (``data.num_workers`` is a run-only key);
+- the augmentations made on the device (``data.augment_on=device``), and anything else drawn from the
+  global torch RNG: seeded from ``epoch_seed(seed, epoch, rank)``, as is the loader's generator (the
+  seeds of its worker processes), so the ranks draw different numbers from one another.
 
 Lightning Fabric's dataloader wrapper calls ``sampler.set_epoch(n)`` with its own count of
 ``iter()`` calls, which restarts at 0 in a resumed process; :class:`ShardedEpochSampler` therefore
@@ -21,9 +24,12 @@ import functools
 import multiprocessing
 import signal
 from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dimcl.data.views import drawing_from
 
 #: the rank's share of an epoch's seed, 0 on rank 0. PyTorch's CPU generator (mt19937) keeps only the low
 #: 32 bits of a seed, so the term must change those: rank · 0x9E3779B9 (2³² / golden ratio, odd) spreads the
@@ -37,6 +43,40 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     Rank 0's term is 0, so a single-process run draws exactly what it always drew.
     """
     return seed * 100_003 + epoch + rank * RANK_SEED_STRIDE
+
+
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of image ``index``'s augmentations in ``epoch``: (seed, epoch, index) mixed into 32 bits.
+
+    PyTorch's CPU generator keeps a seed's low 32 bits only, so the three are combined into 64 bits and
+    folded by splitmix64's finaliser (every input bit reaches every output bit). Two (epoch, image) pairs of
+    a run share a seed with probability 2⁻³² (about 40 pairs of 600 000 draws, a 10-epoch Fashion-MNIST
+    run): they then get the same augmentation parameters, which no statistic of a run can tell.
+    """
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index) % 2**64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 31)) & 0xFFFFFFFF
+
+
+class PerImageSeeds(Dataset):
+    """``dataset`` whose item ``index`` is made drawing from a generator seeded by ``image_seed(seed, epoch,
+    index)``: the same views whichever worker (or the main process) makes them. Set ``epoch`` before
+    iterating (the workers take a copy of this object when an epoch's iteration starts)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+        self._generator = torch.Generator()
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        self._generator.manual_seed(image_seed(self.seed, self.epoch, index))
+        with drawing_from(self._generator):
+            return self.dataset[index]
 
 
 class ShardedEpochSampler(Sampler[int]):
@@ -120,6 +160,7 @@ class EpochFeed:
         self.rank = rank
         if num_workers > 0:
             _register_kill_at_exit()
+        dataset = self.dataset = PerImageSeeds(dataset, seed)
         self.generator = torch.Generator()
         self.sampler = ShardedEpochSampler(dataset, world_size, rank, seed) if world_size > 1 else None
         # Workers are not persistent: they are started every epoch with seeds from that epoch's generator,
@@ -134,5 +175,6 @@ class EpochFeed:
         """Seed everything random in ``epoch`` from ``(seed, epoch, rank)`` (call before iterating)."""
         torch.manual_seed(epoch_seed(self.seed, epoch, self.rank))
         self.generator.manual_seed(epoch_seed(self.seed, epoch, self.rank))
+        self.dataset.epoch = epoch
         if self.sampler is not None:
             self.sampler.epoch = epoch
