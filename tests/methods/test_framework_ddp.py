@@ -11,23 +11,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import TinyBackbone
-from torch import nn
+from test_distributed import GLOBAL_N as N
+from test_distributed import _problem as linear_problem
 from torch.nn.parallel import DistributedDataParallel
 
 from dimcl.losses import mocov3_loss, nnclr_loss, sinkhorn, updated_center, whitened_mse_loss
 from dimcl.methods import build_method
 
-WORLD, N, IN_DIM, OUT_DIM = 2, 8, 5, 6
+WORLD = 2
 
 
 def _problem():
-    g = torch.Generator().manual_seed(0)
-    x1 = torch.randn(N, IN_DIM, generator=g, dtype=torch.float64)
-    x2 = x1 + 0.3 * torch.randn(N, IN_DIM, generator=g, dtype=torch.float64)
-    layer = nn.Linear(IN_DIM, OUT_DIM).double()
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(OUT_DIM, IN_DIM, generator=g, dtype=torch.float64))
-        layer.bias.copy_(torch.randn(OUT_DIM, generator=g, dtype=torch.float64))
+    """tests/test_distributed.py's two views of 8 inputs and linear layer, with Sinkhorn's scores and DINO's logits."""
+    x1, x2, layer = linear_problem()
+    g = torch.Generator().manual_seed(1)
     scores = F.normalize(torch.randn(N, 4, generator=g, dtype=torch.float64), dim=1)
     queue_scores = F.normalize(torch.randn(6, 4, generator=g, dtype=torch.float64), dim=1)
     teacher = torch.randn(N, 7, generator=g, dtype=torch.float64)

@@ -184,6 +184,17 @@ class SSLMethod(nn.Module):
             torch._foreach_lerp_(targets, onlines, 1.0 - tau)
 
 
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, pointer: torch.Tensor, rows: torch.Tensor) -> None:
+    """Write ``rows`` (..., n, d) into the ring buffer ``queue`` (..., Q, d) from ``pointer`` on, wrapping
+    around, and move ``pointer`` past them; of more than Q rows the newest Q are kept (MoCo's and NNCLR's queues)."""
+    size = queue.shape[-2]
+    rows = rows[..., -size:, :]
+    index = (pointer + torch.arange(rows.shape[-2], device=rows.device)) % size
+    queue.index_copy_(queue.dim() - 2, index, rows.to(queue.dtype))
+    pointer.copy_((pointer + rows.shape[-2]) % size)
+
+
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` to serve as its momentum (EMA) twin."""
     twin = copy.deepcopy(module)

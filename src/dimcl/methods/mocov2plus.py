@@ -15,7 +15,7 @@ from torch import nn
 
 from dimcl.distributed import gather_no_grad
 from dimcl.losses.moco import moco_loss
-from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod, momentum_copy
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod, enqueue, momentum_copy
 from dimcl.models.heads import mlp
 
 
@@ -52,11 +52,7 @@ class MoCoV2Plus(SSLMethod):
     @torch.no_grad()
     def _enqueue(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
         keys = F.normalize(torch.stack([gather_no_grad(k1), gather_no_grad(k2)]), dim=-1)  # (2, global N, d)
-        size = self.queue.shape[1]
-        keys = keys[:, -size:]  # a global batch larger than the queue keeps its newest keys
-        idx = (self.queue_ptr + torch.arange(keys.shape[1], device=keys.device)) % size
-        self.queue[:, idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[1]) % size)
+        enqueue(self.queue, self.queue_ptr, keys)
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, q1, q2 = self.encode(views)

@@ -19,7 +19,7 @@ from torch import nn
 from dimcl.distributed import gather_no_grad
 from dimcl.errors import ConfigError
 from dimcl.losses.nnclr import nnclr_loss
-from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod
+from dimcl.methods.base import DimCLConfig, MethodOutput, SSLMethod, enqueue
 from dimcl.models.heads import mlp
 
 
@@ -54,14 +54,6 @@ class NNCLR(SSLMethod):
         """The queue's nearest neighbour (N, D) of each normalised projection (N, D), by cosine similarity."""
         return self.queue[(z @ self.queue.T.to(z.dtype)).argmax(dim=1)].to(z.dtype)
 
-    @torch.no_grad()
-    def _enqueue(self, z: torch.Tensor) -> None:
-        size = self.queue.shape[0]
-        new = gather_no_grad(z)[-size:]  # a global batch larger than the queue keeps its newest projections
-        idx = (self.queue_ptr + torch.arange(new.shape[0], device=new.device)) % size
-        self.queue[idx] = new.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + new.shape[0]) % size)
-
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         f1, z1, z2 = self.encode(views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -71,5 +63,5 @@ class NNCLR(SSLMethod):
         loss = (nnclr_loss(nn1, p2, self.temperature, gather_distributed=gather)
                 + nnclr_loss(nn2, p1, self.temperature, gather_distributed=gather)) / 2
         if self.training:
-            self._enqueue(u1)
+            enqueue(self.queue, self.queue_ptr, gather_no_grad(u1))
         return self.combine(loss, z1, z2, f1)
