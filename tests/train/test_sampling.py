@@ -127,3 +127,14 @@ def test_results_do_not_depend_on_the_number_of_loader_workers(tiny_fashion_mnis
         assert other.records[0]["loss"] == results[0].records[0]["loss"]
         assert all(torch.equal(p, q) for p, q in zip(other.model.parameters(), results[0].model.parameters(),
                                                       strict=True))
+
+
+def test_per_image_seeds_reach_spawned_workers():
+    """A torch.Generator pickled into a spawned worker kills it (its state travels as a shared-memory tensor);
+    `dimcl demo` runs its arms in spawned processes, whose loader workers are spawned too."""
+    from torch.utils.data import DataLoader
+
+    seeded = PerImageSeeds(TensorDataset(torch.arange(4)), seed=0)
+    seeded[0]  # the generator exists in this process now
+    batches = list(DataLoader(seeded, batch_size=2, num_workers=1, multiprocessing_context="spawn"))
+    assert [b[0].tolist() for b in batches] == [[0, 1], [2, 3]]

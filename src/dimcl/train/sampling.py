@@ -68,15 +68,22 @@ class PerImageSeeds(Dataset):
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
-        self._generator = torch.Generator()
+        self._generator: torch.Generator | None = None  # made where the items are, never pickled to a worker
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
+        if self._generator is None:
+            self._generator = torch.Generator()
         self._generator.manual_seed(image_seed(self.seed, self.epoch, index))
         with drawing_from(self._generator):
             return self.dataset[index]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A generator's state pickles as a tensor, which a spawned worker receives through shared memory:
+        # that failed ("unable to resize file ... Invalid argument") under the demo's spawned processes.
+        return {**self.__dict__, "_generator": None}
 
 
 class ShardedEpochSampler(Sampler[int]):
