@@ -539,29 +539,36 @@ def test_two_pretrains_on_one_directory_the_second_exits_2_naming_the_first(tiny
     assert not (run / LOCK).exists()
 
 
-def test_writers_wait_readers_do_not_and_a_killed_holder_leaves_no_stale_lock(finished_run, tmp_path):
+def test_writers_wait_readers_do_not_and_a_killed_holder_leaves_no_stale_lock(finished_run, tmp_path, capsys):
+    # The lock's holder is another process; the commands run in this one (the command's own code, without an
+    # interpreter start-up each).
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     holder = _hold_lock(run)
     try:
-        analyze = subprocess.run([DIMCL, "analyze", "--ckpt", str(run), "--images", "16"], capture_output=True,
-                                 text=True, timeout=300)
+        analyze = _run_in_process(capsys, "analyze", "--ckpt", str(run), "--images", "16")
         _assert_clean_failure(analyze, 2, str(run), f"process {holder.pid}")
         # kNN writes knn.json (and the feature cache): a writer like every evaluation, refused alike.
-        knn = subprocess.run([DIMCL, "knn", "--ckpt", str(run)], capture_output=True, text=True, timeout=300)
+        knn = _run_in_process(capsys, "knn", "--ckpt", str(run))
         _assert_clean_failure(knn, 2, str(run), f"process {holder.pid}")
         # A reader that only reads takes no lock.
-        report = subprocess.run([DIMCL, "report", str(tmp_path), "--out", str(tmp_path / "out" / "report.md")],
-                                capture_output=True, text=True, timeout=300)
+        report = _run_in_process(capsys, "report", str(tmp_path), "--out", str(tmp_path / "out" / "report.md"))
         assert report.returncode == 0 and "1 run(s)" in report.stdout, report.stderr[-3000:]
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (run / LOCK).exists()  # SIGKILL left the file, but the OS released the lock
-    analyze = subprocess.run([DIMCL, "analyze", "--ckpt", str(run), "--images", "16"], capture_output=True,
-                             text=True, timeout=300)
+    analyze = _run_in_process(capsys, "analyze", "--ckpt", str(run), "--images", "16")
     assert analyze.returncode == 0, analyze.stderr[-3000:]
     assert (run / "diversity.json").is_file() and not (run / LOCK).exists()
+
+
+def _run_in_process(capsys: pytest.CaptureFixture, *argv: str) -> subprocess.CompletedProcess:
+    """`dimcl ARGV` run in this process, as a CompletedProcess of its exit code, stdout and stderr."""
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["dimcl", *argv], code, out, err)
 
 
 @pytest.fixture(scope="module")

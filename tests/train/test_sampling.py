@@ -70,7 +70,7 @@ def test_sigterm_to_the_process_group_spares_the_loader_workers(tmp_path):
     root = write_fashion_mnist(tmp_path / "data", n_train=640, n_test=32)
     run = tmp_path / "run"
     args = [DIMCL, "pretrain", "-c", "fashion_mnist/byol", "-o", str(run), f"data.root={root}", *TINY_RUN,
-            "data.num_workers=2", "trainer.max_epochs=3", "eval.every=0", "eval.diagnose=false"]
+            "data.num_workers=2", "trainer.max_epochs=2", "eval.every=0", "eval.diagnose=false"]
     # A session of its own: the signal goes to the whole process group, as SLURM and `timeout` send it.
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -84,7 +84,7 @@ def test_sigterm_to_the_process_group_spares_the_loader_workers(tmp_path):
     assert "SIGTERM" in err and "--resume" in err and "Traceback" not in err, err[-3000:]
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
 
 
 def test_the_rank_term_reaches_the_32_bits_the_cpu_generator_keeps():
