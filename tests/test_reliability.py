@@ -311,6 +311,12 @@ def test_nan_loss_stops_with_epoch_step_and_terms_and_keeps_the_checkpoint(tiny_
         pretrain(cfg, tmp_path, resume=True)
     assert snapshot(tmp_path / "checkpoints") == before
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+    # a NaN before the first checkpoint claims no checkpoint (there is none to be untouched)
+    calls["n"] = 0
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 3 .*No checkpoint was written before it") as err:
+        pretrain(load_config(resolve_recipe("fashion_mnist/byol"), [*overrides, "trainer.max_epochs=1"]),
+                 tmp_path / "fresh")
+    assert "untouched" not in str(err.value)
 
 
 def _image_folder(root: Path, corrupt: bool) -> Path:

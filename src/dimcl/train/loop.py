@@ -329,11 +329,13 @@ def _read_step_scalars(run: TrainingRun, progress: EpochProgress) -> dict[str, f
     for where, scalars in run.scalars.read():
         terms = {k: v for k, v in scalars.items() if k.startswith("loss")}
         if not all(math.isfinite(v) for v in terms.values()):
+            checkpoint = run.writer.checkpoint
+            kept = (f"The last good checkpoint ({checkpoint}) is untouched" if checkpoint.is_file()
+                    else "No checkpoint was written before it (nothing to resume from)")
             raise NonFiniteLossError(
                 f"the loss is not finite at epoch {where.epoch + 1}, batch {where.batch + 1} of "
                 f"{len(run.loader)} (global step {where.step}): " + ", ".join(f"{k}={v}" for k, v in terms.items())
-                + f". The last good checkpoint ({run.writer.checkpoint}) is untouched; lower optim.lr, check the "
-                "data, or use trainer.precision=32."
+                + f". {kept}; lower optim.lr, check the data, or use trainer.precision=32."
             )
         progress.add(scalars)
     return terms
