@@ -351,6 +351,15 @@ def test_corrupt_images_fail_with_the_path_or_are_skipped_and_counted(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and ("1.png" in proc.stderr or "broken.jpg" in proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    # the refusal changed nothing: no config.yaml, provenance or checkpoints folder left behind (issue 30 item 7)
+    assert not (tmp_path / "fail").exists(), sorted(p.name for p in (tmp_path / "fail").iterdir())
+    # ... and a folder of the user's own keeps exactly its files
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    with pytest.raises(BadImageError):
+        pretrain(load_config(None, overrides), own)
+    assert sorted(p.name for p in own.iterdir()) == ["notes.txt"]
 
 
 def test_hostile_metrics_lines_are_named_and_a_report_goes_on_without_that_run(finished_run, tmp_path, capsys):
@@ -424,6 +433,7 @@ def test_an_unreadable_image_in_a_loader_worker_ends_the_run_like_one_in_the_mai
     assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr, proc.stderr[-2000:]
     line = [x for x in proc.stderr.splitlines() if x.startswith("dimcl pretrain: error: ")]
     assert len(line) == 1 and "cannot read image" in line[0] and "data.on_bad_image=skip" in line[0], proc.stderr
+    assert not (tmp_path / "fail").exists()  # and left nothing behind
 
 
 class _Evil:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> Pr
     """
     out_dir = Path(out_dir)
     check_run_folder(out_dir, resume)
+    entries_before = set(os.listdir(out_dir)) if out_dir.is_dir() else set()  # before the loggers start
     fabric = _launch_fabric(cfg, out_dir)
-    with RunWriter(cfg, out_dir, fabric) as writer:
+    with RunWriter(cfg, out_dir, fabric, entries_before) as writer:
         return _pretrain(cfg, writer, resume)
 
 

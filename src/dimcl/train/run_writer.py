@@ -17,6 +17,8 @@ leaves nothing behind. Rank 0 writes; the other ranks wait for it at a barrier.
 
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +32,7 @@ from torch.optim import Optimizer
 from dimcl.build import backbone_metadata
 from dimcl.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.config import Config, ConfigError, save_config
+from dimcl.errors import BadInputError
 from dimcl.experiment import experiment_differences
 from dimcl.files import check_output_folder
 from dimcl.provenance import provenance
@@ -37,6 +40,7 @@ from dimcl.run_dir import (
     BACKBONE,
     CHECKPOINT,
     CONFIG,
+    LOCK,
     RunDirBusyError,
     append_metrics,
     append_provenance,
@@ -95,6 +99,11 @@ def check_resume(cfg: Config, state: dict[str, Any]) -> list[str]:
     return notices
 
 
+def _entries(folder: Path) -> set[str]:
+    """The names in ``folder`` (none when it does not exist)."""
+    return set(os.listdir(folder)) if folder.is_dir() else set()
+
+
 def _file_identity(path: Path) -> FileIdentity:
     try:
         st = path.stat()
@@ -110,19 +119,35 @@ class RunWriter:
     one): :meth:`become_writer` refuses to write if another process changed it meanwhile.
     """
 
-    def __init__(self, cfg: Config, out_dir: Path, fabric: Fabric) -> None:
+    def __init__(self, cfg: Config, out_dir: Path, fabric: Fabric, entries_before: set[str] | None = None) -> None:
         self.cfg = cfg
         self.out_dir = out_dir
         self.fabric = fabric
         self._lock = ExitStack()  # entered by become_writer, just before the first write
         self._checkpoint_seen = _file_identity(self.checkpoint)
+        #: the run directory's entries before this run (pretrain notes them before Fabric starts)
+        self._entries_before = entries_before if entries_before is not None else _entries(out_dir)
+        #: a new run that wrote its config but no checkpoint yet: bad input met now leaves nothing behind
+        self._unsaved_new_run = False
 
     def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> bool:
+        if isinstance(error, BadInputError) and self._unsaved_new_run and self.is_main:
+            self._remove_what_this_run_wrote()  # still holding the lock
         return self._lock.__exit__(kind, error, traceback)
+
+    def _remove_what_this_run_wrote(self) -> None:
+        """Bad input met while training (an unreadable image) before the first checkpoint of a new run: the
+        run's config, provenance, empty checkpoints folder and logs go again, so the refusal changes nothing."""
+        for name in _entries(self.out_dir) - self._entries_before - {LOCK}:
+            path = self.out_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     @property
     def checkpoint(self) -> Path:
@@ -179,6 +204,7 @@ class RunWriter:
 
     def start_writing(self, state: dict[str, Any] | None, start_epoch: int) -> None:
         """Rank 0 writes the run's config and provenance (and mends a metrics line a kill cut off)."""
+        self._unsaved_new_run = state is None
         if self.is_main:
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out_dir / CONFIG)
@@ -200,6 +226,7 @@ class RunWriter:
                 config=self.cfg.to_dict(), metrics=metrics, wandb_run_id=wandb_run_id(self.fabric.loggers),
             )
             save_atomic(state, self.checkpoint)
+        self._unsaved_new_run = False
         self.fabric.barrier()
 
     def append_metrics(self, record: dict[str, Any]) -> None:
