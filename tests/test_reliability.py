@@ -101,7 +101,11 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
     for kind, change in (("int8", lambda t: t.to(torch.int8)), ("nan", lambda t: torch.full_like(t, float("nan")))):
         save_file({**tensors, first: change(tensors[first])}, str(scratch / f"{kind}.safetensors"),
                   metadata={"dimcl": json.dumps(meta)})
-    out = str(scratch / "out")
+    out = str(scratch / "out" / "run")  # a new folder inside "out", which holds the user's own file
+    stale = scratch / "stale"  # a previous run's files without its checkpoint
+    stale.mkdir()
+    (stale / "config.yaml").write_text("seed: 0\n")
+    (stale / "knn.json").write_text('{"knn_top1": 55.5}\n')
     pre = ["pretrain", "-c", "fashion_mnist/byol", "-o", out, f"data.root={root}", *TINY_RUN]
     resume = ["pretrain", "-c", "fashion_mnist/byol", "-o", str(finished), "--resume", f"data.root={root}", *TINY_RUN,
               "trainer.max_epochs=1", "eval.every=0"]
@@ -136,6 +140,10 @@ def bad_input_cases(root: Path, finished: Path, scratch: Path) -> list[tuple[str
         ("unknown recipe", ["pretrain", "-c", "fashion_mnist/byl", "-o", out], "fashion_mnist/byl"),
         ("bad yaml", ["pretrain", "-c", str(bad_yaml), "-o", out], str(bad_yaml)),
         ("out is a file", ["pretrain", "-c", "fashion_mnist/byol", "-o", str(a_file)], str(a_file)),
+        ("out holds other files", [*pre[:4], str(scratch / "out"), *pre[5:]],
+         "holds files dimcl did not write (notes.txt)"),
+        ("out holds a stale run", [*pre[:4], str(stale), *pre[5:]], "no checkpoint to resume; pass --overwrite"),
+        ("overwrite with resume", [*pre, "--overwrite", "--resume"], "cannot go with --resume"),
         ("resume without checkpoint", [*pre, "--resume"], "last.ckpt"),
         ("resume another config", [*resume, "dimcl.weight=0.2"], "dimcl.weight"),
         ("resume a truncated checkpoint", ["pretrain", "-c", "fashion_mnist/byol", "-o", str(truncated), "--resume",
@@ -353,13 +361,6 @@ def test_corrupt_images_fail_with_the_path_or_are_skipped_and_counted(tmp_path):
     assert "Traceback" not in proc.stderr
     # the refusal changed nothing: no config.yaml, provenance or checkpoints folder left behind (issue 30 item 7)
     assert not (tmp_path / "fail").exists(), sorted(p.name for p in (tmp_path / "fail").iterdir())
-    # ... and a folder of the user's own keeps exactly its files
-    own = tmp_path / "own"
-    own.mkdir()
-    (own / "notes.txt").write_text("mine")
-    with pytest.raises(BadImageError):
-        pretrain(load_config(None, overrides), own)
-    assert sorted(p.name for p in own.iterdir()) == ["notes.txt"]
 
 
 def test_hostile_metrics_lines_are_named_and_a_report_goes_on_without_that_run(finished_run, tmp_path, capsys):
@@ -578,6 +579,21 @@ def test_writers_wait_readers_do_not_and_a_killed_holder_leaves_no_stale_lock(fi
     analyze = _run_in_process(capsys, "analyze", "--ckpt", str(run), "--images", "16")
     assert analyze.returncode == 0, analyze.stderr[-3000:]
     assert (run / "diversity.json").is_file() and not (run / LOCK).exists()
+
+
+def test_overwrite_replaces_a_previous_run_and_its_stale_results(finished_run, tiny_fashion_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "knn.json").write_text('{"knn_top1": 55.5}\n')  # an evaluation of the previous run
+    args = ["pretrain", "-c", "fashion_mnist/byol", "-o", str(run), f"data.root={tiny_fashion_mnist}", *TINY_RUN,
+            "trainer.max_epochs=1", "eval.every=0", "seed=7"]
+    refused = _run_in_process(capsys, *args)
+    _assert_clean_failure(refused, 2, "already holds a run", "--resume")
+    assert _run_in_process(capsys, *args, "--overwrite").returncode == 0
+    assert not (run / "knn.json").exists()  # no stale result is read as the new run's
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    assert len((run / "provenance.jsonl").read_text().splitlines()) == 1
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["config"]["seed"] == 7
 
 
 def _run_in_process(capsys: pytest.CaptureFixture, *argv: str) -> subprocess.CompletedProcess:

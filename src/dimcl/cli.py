@@ -42,7 +42,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         resume, overrides = True, [resume, *overrides]
     path = resolve_recipe(args.config) if args.config else None
     cfg = load_config(path, overrides)
-    pretrain(cfg, args.out, resume=resume)
+    if args.overwrite and resume is not False:
+        raise ConfigError("--overwrite starts a new run over a previous one; it cannot go with --resume")
+    pretrain(cfg, args.out, resume=resume, overwrite=args.overwrite)
     return 0
 
 
@@ -180,6 +182,9 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
                    help="continue the run in --out from its last checkpoint; '--resume auto' continues it if it has "
                    "one and starts it otherwise (for jobs that a cluster may requeue)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run over a previous run in --out, replacing its files (checkpoint, metrics, "
+                   "evaluation results); a folder holding other files is still refused")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_cmd_pretrain)
 

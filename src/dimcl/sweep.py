@@ -344,7 +344,9 @@ def _train_cell(
     result["status"] = "running"
     write_status()
     try:
-        pretrain(cfg, run_dir, resume=resume)
+        # "auto" for a cell without a checkpoint: a start the sweep's own earlier process left (killed before its
+        # first checkpoint) is started over, its files replaced; a cell folder holding other files is refused
+        pretrain(cfg, run_dir, resume=True if resume else "auto")
     except NonFiniteLossError as err:
         result.update(status="failed", error=str(err))
         say(f"{where}: failed: {err}")

@@ -55,18 +55,19 @@ class PretrainResult:
     model: Pretrainer
 
 
-def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False) -> PretrainResult:
+def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False, overwrite: bool = False) -> PretrainResult:
     """Pretrain ``cfg`` into ``out_dir`` (see the module docstring for the order of things).
 
-    ``resume``: False starts a new run (refused where a checkpoint exists), True continues from the
-    checkpoint, ``"auto"`` does the one that applies (a requeued cluster job needs no edit). Rank 0 holds
-    the run directory's lock from the first write to the end (see :mod:`dimcl.train.run_writer`).
+    ``resume``: False starts a new run (in a new or empty folder), True continues from the checkpoint,
+    ``"auto"`` does the one that applies (a requeued cluster job needs no edit). ``overwrite`` lets a new
+    run replace a previous run in ``out_dir`` (its own files only; a folder of other files is refused).
+    Rank 0 holds the run directory's lock from the first write to the end (see :mod:`dimcl.train.run_writer`).
     """
     out_dir = Path(out_dir)
-    check_run_folder(out_dir, resume)
+    check_run_folder(out_dir, resume, overwrite)
     entries_before = set(os.listdir(out_dir)) if out_dir.is_dir() else set()  # before the loggers start
     fabric = _launch_fabric(cfg, out_dir)
-    with RunWriter(cfg, out_dir, fabric, entries_before) as writer:
+    with RunWriter(cfg, out_dir, fabric, entries_before, overwrite) as writer:
         return _pretrain(cfg, writer, resume)
 
 

@@ -33,14 +33,19 @@ from dimcl.build import backbone_metadata
 from dimcl.checkpoint import export_backbone, load_checkpoint, save_atomic
 from dimcl.config import Config, ConfigError, save_config
 from dimcl.errors import BadInputError
+from dimcl.eval.registry import EVALUATIONS
 from dimcl.experiment import experiment_differences
 from dimcl.files import check_output_folder
 from dimcl.provenance import provenance
 from dimcl.run_dir import (
     BACKBONE,
+    BASELINES,
     CHECKPOINT,
     CONFIG,
+    FEATURE_CACHE,
     LOCK,
+    METRICS,
+    PROVENANCE,
     RunDirBusyError,
     append_metrics,
     append_provenance,
@@ -55,11 +60,47 @@ from dimcl.train.wandb_logs import RunWandbLogger, wandb_run_id
 FileIdentity = tuple[int, int, int] | None
 
 
-def check_run_folder(out_dir: Path, resume: bool | str) -> None:
-    """Bad input before anything starts: an ``--out`` that cannot become a run directory, a bad ``resume``."""
+def run_artifacts() -> frozenset[str]:
+    """The names dimcl itself writes at the top of a run directory (its files, folders and evaluation results)."""
+    return frozenset({CONFIG, METRICS, BACKBONE, PROVENANCE, LOCK, BASELINES, FEATURE_CACHE, CHECKPOINT.parts[0],
+                      "logs", "wandb", *(evaluation.file for evaluation in EVALUATIONS.values())})
+
+
+def _is_artifact(name: str) -> bool:
+    # an atomic write's temporary sibling (".<name>.XXXX.tmp") that a kill left behind is dimcl's too
+    return name in run_artifacts() or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def check_run_folder(out_dir: Path, resume: bool | str, overwrite: bool = False) -> None:
+    """Bad input before anything starts: an ``--out`` that cannot become a run directory, a bad ``resume``.
+
+    A new run goes into a new folder, an empty one, or (with ``overwrite``) a previous run's folder holding
+    dimcl's files only; ``--resume`` continues a run's folder (with a checkpoint), whatever else it holds.
+    ``resume="auto"`` without a checkpoint starts over a previous start's own files (a requeued job killed
+    before its first checkpoint). A folder with other files is never a new run's.
+    """
     check_output_folder(out_dir, "--out", "the run")
     if resume not in (True, False, "auto"):
         raise ConfigError(f"resume must be true, false or 'auto', got {resume!r}")
+    has_checkpoint = (out_dir / CHECKPOINT).is_file()
+    if resume is True or (resume == "auto" and has_checkpoint):
+        return  # continuing: the checkpoint's checks follow (RunWriter.open)
+    entries = _entries(out_dir) - {LOCK}
+    foreign = sorted(name for name in entries if not _is_artifact(name))
+    refusal = None
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        refusal = (f"--out '{out_dir}' holds files dimcl did not write ({shown}); a new run goes into a new or empty "
+                   "folder (or a previous run's own folder, with --overwrite). Nothing was changed.")
+    elif entries and not has_checkpoint and not overwrite and resume != "auto":
+        refusal = (f"--out '{out_dir}' holds a previous run's files ({', '.join(sorted(entries)[:5])}) but no "
+                   "checkpoint to resume; pass --overwrite to replace that run (its results too), or choose another "
+                   "--out directory. Nothing was changed.")
+    if refusal is not None:
+        if (out_dir / LOCK).exists():
+            with hold_run_dir(out_dir):  # a run writing there right now: say so, naming it (RunDirBusyError)
+                pass
+        raise BadInputError(refusal)
 
 
 def run_loggers(cfg: Config, out_dir: Path) -> list[Logger]:
@@ -119,10 +160,12 @@ class RunWriter:
     one): :meth:`become_writer` refuses to write if another process changed it meanwhile.
     """
 
-    def __init__(self, cfg: Config, out_dir: Path, fabric: Fabric, entries_before: set[str] | None = None) -> None:
+    def __init__(self, cfg: Config, out_dir: Path, fabric: Fabric, entries_before: set[str] | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         self.out_dir = out_dir
         self.fabric = fabric
+        self.overwrite = overwrite
         self._lock = ExitStack()  # entered by become_writer, just before the first write
         self._checkpoint_seen = _file_identity(self.checkpoint)
         #: the run directory's entries before this run (pretrain notes them before Fabric starts)
@@ -138,6 +181,17 @@ class RunWriter:
         if isinstance(error, BadInputError) and self._unsaved_new_run and self.is_main:
             self._remove_what_this_run_wrote()  # still holding the lock
         return self._lock.__exit__(kind, error, traceback)
+
+    def _remove_previous_run(self) -> None:
+        """A new run over a previous run's own files (``--overwrite``, or ``--resume auto`` without a checkpoint):
+        its checkpoint, metrics, provenance, backbone and evaluation results go, so that nothing stale is read as
+        this run's. The logs stay (the loggers hold them open; a new run's logs restart at epoch 0)."""
+        kept = {LOCK, "logs", "wandb"}
+        for name in sorted(self._entries_before - kept):
+            if _is_artifact(name):
+                path = self.out_dir / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+                self._entries_before.discard(name)
 
     def _remove_what_this_run_wrote(self) -> None:
         """Bad input met while training (an unreadable image) before the first checkpoint of a new run: the
@@ -170,7 +224,7 @@ class RunWriter:
         if resume:
             state = load_checkpoint(self.checkpoint)
             notices = check_resume(self.cfg, state)
-        elif self.checkpoint.exists():
+        elif self.checkpoint.exists() and not self.overwrite:
             raise ConfigError(
                 f"'{self.out_dir}' already holds a run (it has {CHECKPOINT}); pass --resume to continue it (or "
                 "--resume auto), or choose another --out directory. Nothing was changed."
@@ -206,6 +260,8 @@ class RunWriter:
         """Rank 0 writes the run's config and provenance (and mends a metrics line a kill cut off)."""
         self._unsaved_new_run = state is None
         if self.is_main:
+            if state is None:
+                self._remove_previous_run()
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out_dir / CONFIG)
             resumed_at = start_epoch if state is not None else None
