@@ -1,9 +1,10 @@
 """`dimcl` with a file system that fills up at one write site: ``python failing_write.py SITE N dimcl-args...``.
 
 The first N writes of the site succeed; the next one writes part of its data and then fails with ENOSPC,
-as a full disk does. Sites: ``checkpoint`` (``torch.save``'s file), ``metrics`` (``metrics.jsonl``),
-``config`` (``config.yaml``), ``export`` (``backbone.safetensors``); the last three are matched by the file
-name that ``os.write`` writes to, so the injection sits below dimcl's own code.
+as a full disk does. Sites: ``checkpoint`` (``torch.save``'s file), ``csv`` (the CSV log's save, which
+empties ``metrics.csv`` first, as its header rewrite does), ``metrics`` (``metrics.jsonl``), ``config``
+(``config.yaml``), ``export`` (``backbone.safetensors``); the last three are matched by the file name that
+``os.write`` writes to, so the injection sits below dimcl's own code.
 """
 
 from __future__ import annotations
@@ -54,6 +55,19 @@ if site == "checkpoint":
         return real_save(obj, f, *args, **kwargs)
 
     torch.save = save
+elif site == "csv":
+    from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+
+    real_csv_save = _ExperimentWriter.save
+
+    def csv_save(self):
+        calls["n"] += 1
+        if calls["n"] > allowed:
+            open(self.metrics_file_path, "w").close()  # the header rewrite's truncation, then the disk is full
+            raise disk_full()
+        return real_csv_save(self)
+
+    _ExperimentWriter.save = csv_save
 else:
     real_write = os.write
 

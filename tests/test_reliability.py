@@ -612,6 +612,7 @@ def uninterrupted(tiny_fashion_mnist, tmp_path_factory) -> Path:
 @pytest.mark.parametrize(("site", "allowed", "named", "resume"), [
     ("checkpoint", 1, "checkpoints/last.ckpt", "--resume"),  # epoch 2's checkpoint
     ("metrics", 1, "metrics.jsonl", "--resume"),  # epoch 2's line, after its checkpoint
+    ("csv", 1, "metrics.csv", "--resume"),  # epoch 2's CSV row, after its metrics line, emptying the file
     ("config", 0, "config.yaml", "--resume=auto"),  # before anything else: nothing to resume, auto starts
     ("export", 0, "backbone.safetensors", "--resume=auto"),  # after the last epoch
 ])
@@ -625,11 +626,11 @@ def test_a_full_disk_at_each_write_site_stops_cleanly_and_resume_continues(
     # What was written before is whole: every metrics line parses, the checkpoint loads, no temporary files.
     lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
     assert all(json.loads(line) for line in lines)
-    expected_epochs = {"checkpoint": [1], "metrics": [1], "config": [], "export": [1, 2]}[site]
+    expected_epochs = {"checkpoint": [1], "metrics": [1], "csv": [1, 2], "config": [], "export": [1, 2]}[site]
     assert [r["epoch"] for r in read_metrics(run)] == expected_epochs
     if expected_epochs:
         epoch = load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"]
-        assert epoch == (2 if site in ("metrics", "export") else 1)
+        assert epoch == (2 if site in ("metrics", "csv", "export") else 1)
     if (run / "config.yaml").exists():
         load_config(run / "config.yaml")
     assert not [p for p in run.rglob("*.tmp")] and not (run / LOCK).exists()

@@ -386,7 +386,7 @@ def _record_epoch(run: TrainingRun, epoch: int, progress: EpochProgress, elapsed
     run.writer.append_metrics(record)
     if run.is_main:
         fabric.print(_summary_line(record, cfg.trainer.max_epochs))
-    fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+    run.writer.log_record(record)
     return record
 
 

@@ -35,7 +35,7 @@ from dimcl.config import Config, ConfigError, save_config
 from dimcl.errors import BadInputError
 from dimcl.eval.registry import EVALUATIONS
 from dimcl.experiment import experiment_differences
-from dimcl.files import check_output_folder
+from dimcl.files import check_output_folder, failed_write
 from dimcl.provenance import provenance
 from dimcl.run_dir import (
     BACKBONE,
@@ -63,7 +63,7 @@ FileIdentity = tuple[int, int, int] | None
 def run_artifacts() -> frozenset[str]:
     """The names dimcl itself writes at the top of a run directory (its files, folders and evaluation results)."""
     return frozenset({CONFIG, METRICS, BACKBONE, PROVENANCE, LOCK, BASELINES, FEATURE_CACHE, CHECKPOINT.parts[0],
-                      "logs", "wandb", *(evaluation.file for evaluation in EVALUATIONS.values())})
+                      "logs", "tensorboard", "wandb", *(evaluation.file for evaluation in EVALUATIONS.values())})
 
 
 def _is_artifact(name: str) -> bool:
@@ -186,7 +186,7 @@ class RunWriter:
         """A new run over a previous run's own files (``--overwrite``, or ``--resume auto`` without a checkpoint):
         its checkpoint, metrics, provenance, backbone and evaluation results go, so that nothing stale is read as
         this run's. The logs stay (the loggers hold them open; a new run's logs restart at epoch 0)."""
-        kept = {LOCK, "logs", "wandb"}
+        kept = {LOCK, "logs", "tensorboard", "wandb"}
         for name in sorted(self._entries_before - kept):
             if _is_artifact(name):
                 path = self.out_dir / name
@@ -269,7 +269,7 @@ class RunWriter:
             if state is not None and state["metrics"] is not None and restore_metrics(self.out_dir, state["metrics"]):
                 # Logged after the metrics line, so the logs lack the mended epoch as well.
                 metrics = state["metrics"]
-                self.fabric.log_dict({k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+                self.log_record(metrics)
         self.fabric.barrier()
 
     def save(self, model: nn.Module, optimizer: Optimizer, *, epoch: int, batch_in_epoch: int,
@@ -290,6 +290,15 @@ class RunWriter:
         between is mended by :meth:`start_writing` on resume)."""
         if self.is_main:
             append_metrics(self.out_dir, record)
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """The epoch's record into every logger (CSV, TensorBoard, W&B), at step = its epoch; a failed write
+        (a full disk) stops the run naming the log file, and a resume writes the log back whole."""
+        metrics = {k: v for k, v in record.items() if k != "epoch"}
+        for logger in self.fabric.loggers:
+            target = getattr(logger, "metrics_file", None) or getattr(logger, "log_dir", None) or self.out_dir
+            with failed_write(target):
+                logger.log_metrics(metrics, step=record["epoch"])
 
     def finish(self, backbone: nn.Module) -> None:
         """Rank 0 exports the trained backbone; every rank closes its loggers."""
