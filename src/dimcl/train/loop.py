@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,8 +63,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool | str = False, overw
     Rank 0 holds the run directory's lock from the first write to the end (see :mod:`dimcl.train.run_writer`).
     """
     out_dir = Path(out_dir)
-    check_run_folder(out_dir, resume, overwrite)
-    entries_before = set(os.listdir(out_dir)) if out_dir.is_dir() else set()  # before the loggers start
+    entries_before = check_run_folder(out_dir, resume, overwrite)  # before the loggers start
     fabric = _launch_fabric(cfg, out_dir)
     with RunWriter(cfg, out_dir, fabric, entries_before, overwrite) as writer:
         return _pretrain(cfg, writer, resume)

@@ -66,27 +66,31 @@ def run_artifacts() -> frozenset[str]:
                       "logs", "tensorboard", "wandb", *(evaluation.file for evaluation in EVALUATIONS.values())})
 
 
-def _is_artifact(name: str) -> bool:
-    # an atomic write's temporary sibling (".<name>.XXXX.tmp") that a kill left behind is dimcl's too
-    return name in run_artifacts() or (name.startswith(".") and name.endswith(".tmp"))
+def _artifacts_among(names: set[str]) -> set[str]:
+    """The names of ``names`` that dimcl wrote; an atomic write's temporary sibling (".<name>.XXXX.tmp") that a
+    kill left behind is dimcl's too."""
+    artifacts = run_artifacts()
+    return {name for name in names if name in artifacts or (name.startswith(".") and name.endswith(".tmp"))}
 
 
-def check_run_folder(out_dir: Path, resume: bool | str, overwrite: bool = False) -> None:
+def check_run_folder(out_dir: Path, resume: bool | str, overwrite: bool = False) -> set[str]:
     """Bad input before anything starts: an ``--out`` that cannot become a run directory, a bad ``resume``.
 
     A new run goes into a new folder, an empty one, or (with ``overwrite``) a previous run's folder holding
     dimcl's files only; ``--resume`` continues a run's folder (with a checkpoint), whatever else it holds.
     ``resume="auto"`` without a checkpoint starts over a previous start's own files (a requeued job killed
-    before its first checkpoint). A folder with other files is never a new run's.
+    before its first checkpoint). A folder with other files is never a new run's. Returns the folder's
+    entries as they are now, before anything of the run starts (none when it does not exist).
     """
     check_output_folder(out_dir, "--out", "the run")
     if resume not in (True, False, "auto"):
         raise ConfigError(f"resume must be true, false or 'auto', got {resume!r}")
+    found = _entries(out_dir)
     has_checkpoint = (out_dir / CHECKPOINT).is_file()
     if resume is True or (resume == "auto" and has_checkpoint):
-        return  # continuing: the checkpoint's checks follow (RunWriter.open)
-    entries = _entries(out_dir) - {LOCK}
-    foreign = sorted(name for name in entries if not _is_artifact(name))
+        return found  # continuing: the checkpoint's checks follow (RunWriter.open)
+    entries = found - {LOCK}
+    foreign = sorted(entries - _artifacts_among(entries))
     refusal = None
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -101,6 +105,7 @@ def check_run_folder(out_dir: Path, resume: bool | str, overwrite: bool = False)
             with hold_run_dir(out_dir):  # a run writing there right now: say so, naming it (RunDirBusyError)
                 pass
         raise BadInputError(refusal)
+    return found
 
 
 def run_loggers(cfg: Config, out_dir: Path) -> list[Logger]:
@@ -145,6 +150,14 @@ def _entries(folder: Path) -> set[str]:
     return set(os.listdir(folder)) if folder.is_dir() else set()
 
 
+def _remove(path: Path) -> None:
+    """A file or a folder of the run directory (a link is removed, never followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _file_identity(path: Path) -> FileIdentity:
     try:
         st = path.stat()
@@ -160,7 +173,7 @@ class RunWriter:
     one): :meth:`become_writer` refuses to write if another process changed it meanwhile.
     """
 
-    def __init__(self, cfg: Config, out_dir: Path, fabric: Fabric, entries_before: set[str] | None = None,
+    def __init__(self, cfg: Config, out_dir: Path, fabric: Fabric, entries_before: set[str],
                  overwrite: bool = False) -> None:
         self.cfg = cfg
         self.out_dir = out_dir
@@ -168,8 +181,8 @@ class RunWriter:
         self.overwrite = overwrite
         self._lock = ExitStack()  # entered by become_writer, just before the first write
         self._checkpoint_seen = _file_identity(self.checkpoint)
-        #: the run directory's entries before this run (pretrain notes them before Fabric starts)
-        self._entries_before = entries_before if entries_before is not None else _entries(out_dir)
+        #: the run directory's entries before this run (check_run_folder's, before Fabric starts)
+        self._entries_before = set(entries_before)
         #: a new run that wrote its config but no checkpoint yet: bad input met now leaves nothing behind
         self._unsaved_new_run = False
 
@@ -186,22 +199,16 @@ class RunWriter:
         """A new run over a previous run's own files (``--overwrite``, or ``--resume auto`` without a checkpoint):
         its checkpoint, metrics, provenance, backbone and evaluation results go, so that nothing stale is read as
         this run's. The logs stay (the loggers hold them open; a new run's logs restart at epoch 0)."""
-        kept = {LOCK, "logs", "tensorboard", "wandb"}
-        for name in sorted(self._entries_before - kept):
-            if _is_artifact(name):
-                path = self.out_dir / name
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
-                self._entries_before.discard(name)
+        previous = _artifacts_among(self._entries_before) - {LOCK, "logs", "tensorboard", "wandb"}
+        for name in previous:
+            _remove(self.out_dir / name)
+        self._entries_before -= previous
 
     def _remove_what_this_run_wrote(self) -> None:
         """Bad input met while training (an unreadable image) before the first checkpoint of a new run: the
         run's config, provenance, empty checkpoints folder and logs go again, so the refusal changes nothing."""
         for name in _entries(self.out_dir) - self._entries_before - {LOCK}:
-            path = self.out_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            _remove(self.out_dir / name)
 
     @property
     def checkpoint(self) -> Path:
