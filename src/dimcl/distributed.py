@@ -88,3 +88,38 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def gather_unequal(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 tensors whose length differs by rank -> (sum of the lengths, ...), in rank order.
+
+    For the shards of a dataset that does not divide evenly (evaluation, not training: no gradients). The
+    lengths are gathered first; each rank's tensor is padded to the longest for the collective, and the
+    padding is cut off again by those lengths, so nothing is counted twice. The other dimensions must
+    agree across ranks. Identity when not distributed.
+    """
+    if not is_distributed():
+        return tensor
+    lengths = gather_no_grad(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+    longest = max(lengths)
+    if longest == 0:
+        return tensor
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = gather_no_grad(padded).split(longest)
+    return torch.cat([part[:length] for part, length in zip(parts, lengths, strict=True)])
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers of ``module`` (BatchNorm running statistics) into every rank's, in place.
+
+    Between DDP's own broadcasts (at the start of each forward) every rank's running statistics move with
+    its own batches, so before an evaluation in which every rank runs the model they are made rank
+    ``src``'s, the ones a checkpoint written by that rank holds. No-op when not distributed.
+    """
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src)
