@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from ddp_script import fixed_batch, fixed_config, run_fixed_steps  # noqa: E402
 
 from dimcl.build import build_method_from_config  # noqa: E402
 from dimcl.checkpoint import load_checkpoint  # noqa: E402
+from dimcl.eval.offline import knn_of_run  # noqa: E402
 from dimcl.run_dir import TIMING_KEYS, read_metrics  # noqa: E402
 from dimcl.train.optim import build_optimizer  # noqa: E402
 from dimcl.train.pretrainer import Pretrainer  # noqa: E402
@@ -84,6 +86,12 @@ def test_the_pretraining_loop_runs_on_two_processes(tiny_fashion_mnist, tmp_path
     assert (tmp_path / "backbone.safetensors").is_file()
     assert [r["epoch"] for r in ranks[0]["records"]] == [1, 2]
     assert ranks[0]["records"][-1]["loss"] == ranks[1]["records"][-1]["loss"]  # averaged over ranks
+    # Both ranks took part in the kNN, on rank 0's BatchNorm statistics (broadcast before it), and got its figure.
+    assert [r["knn_top1"] for r in ranks[0]["records"]] == [r["knn_top1"] for r in ranks[1]["records"]]
+    backbone_statistics = [key for key in ranks[0]["state"] if key.startswith("method.backbone.") and "running_" in key]
+    assert backbone_statistics
+    for key in backbone_statistics:
+        assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key
 
 
 DIMCL = str(Path(sys.executable).with_name("dimcl"))
@@ -109,6 +117,20 @@ def uninterrupted_ddp_run(tmp_path_factory) -> tuple[Path, Path]:
     done = subprocess.run(_ddp_pretrain(root, full), capture_output=True, text=True, timeout=1200, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, full
+
+
+def test_the_epoch_knn_of_two_processes_is_the_offline_knn_of_its_checkpoint(uninterrupted_ddp_run, tmp_path):
+    """Under DDP each rank extracts its shard of the bank and of the test set and the neighbours are merged
+    across ranks: the last epoch's figures are what `dimcl knn` (one process, the whole sets) gives the
+    checkpoint that epoch wrote. Equal, not close: they are hit counts of 48 test images, and the two
+    features differ at most in float32's last bits (other batch sizes), which moves a count only if two
+    neighbours or two class scores tie to ~1e-5 (the argument of tests/eval/test_knn_ddp.py)."""
+    _, full = uninterrupted_ddp_run
+    run = tmp_path / "run"
+    shutil.copytree(full, run)  # the offline kNN writes knn.json and a feature cache: not into the shared run
+    offline = knn_of_run(run / "checkpoints" / "last.ckpt")  # what the `dimcl knn` command runs
+    last = read_metrics(full)[-1]
+    assert (offline["knn_top1"], offline["knn_top5"]) == (last["knn_top1"], last["knn_top5"])
 
 
 def _assert_same_run(got_run: Path, want_run: Path) -> None:

@@ -7,13 +7,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from dimcl.config import Config
 from dimcl.data import run_splits
+from dimcl.distributed import is_distributed, rank, world_size
 from dimcl.eval.evaluate import evaluate
 from dimcl.eval.features import cached_eval_features
-from dimcl.eval.knn import extract_features, weighted_knn
+from dimcl.eval.knn import extract_features, weighted_knn, weighted_knn_across_ranks
 from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
 from dimcl.trained import load_trained_backbone
 
@@ -33,9 +34,13 @@ def knn_of_features(
         train_features, train_labels, test_features, test_labels,
         k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes, device=device,
     )
+    return _knn_result(result, cfg, len(train_labels), len(test_labels))
+
+
+def _knn_result(result: dict[str, float], cfg: Config, bank_size: int, eval_size: int) -> dict[str, Any]:
     return {
         "knn_top1": result["top1"], "knn_top5": result["top5"], "k": cfg.eval.knn_k,
-        "temperature": cfg.eval.knn_temperature, "bank_size": len(train_labels), "eval_size": len(test_labels),
+        "temperature": cfg.eval.knn_temperature, "bank_size": bank_size, "eval_size": eval_size,
     }
 
 
@@ -46,18 +51,38 @@ def knn_of_backbone(
     batch_size: int = 512,
     datasets: tuple[Dataset, Dataset] | None = None,
     num_classes: int | None = None,
+    *,
+    across_ranks: bool = False,
 ) -> dict[str, Any]:
     """Weighted kNN of ``backbone`` (already on ``device``) on the run's evaluation splits.
 
     ``datasets`` (bank, evaluation) default to ``run_splits(cfg).labelled()``.
+    ``across_ranks``: in a process group of several ranks, every rank calls this with the same backbone
+    (buffers included) and datasets; each extracts the features of its own contiguous shard of both sets
+    and takes part in :func:`~dimcl.eval.knn.weighted_knn_across_ranks`, and every rank returns the
+    figure one process would. Otherwise, and always in a single process, this process extracts everything.
     """
     splits = run_splits(cfg)
     bank_set, test_set = datasets if datasets is not None else splits.labelled()
     num_classes = num_classes or splits.class_count(bank_set, "kNN")
     loader_args = dict(batch_size=batch_size, num_workers=cfg.data.num_workers)
+    # A set with fewer images than ranks (a test's, say) is not worth sharding: every rank takes all of it.
+    if across_ranks and is_distributed() and min(len(bank_set), len(test_set)) >= world_size():
+        bank = extract_features(backbone, DataLoader(_own_shard(bank_set), **loader_args), device)
+        tested = extract_features(backbone, DataLoader(_own_shard(test_set), **loader_args), device)
+        result = weighted_knn_across_ranks(*bank, *tested, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
+                                           num_classes=num_classes, device=device)
+        return _knn_result(result, cfg, len(bank_set), len(test_set))
     train_features, train_labels = extract_features(backbone, DataLoader(bank_set, **loader_args), device)
     test_features, test_labels = extract_features(backbone, DataLoader(test_set, **loader_args), device)
     return knn_of_features(train_features, train_labels, test_features, test_labels, cfg, num_classes, device)
+
+
+def _own_shard(dataset: Dataset) -> Subset:
+    """This rank's contiguous share of ``dataset``: rank r of W takes ``[r * n // W, (r + 1) * n // W)``,
+    so every image is on exactly one rank (no padding, no repeats)."""
+    n, r, w = len(dataset), rank(), world_size()
+    return Subset(dataset, range(r * n // w, (r + 1) * n // w))
 
 
 def _knn_of_run(run: RunToEvaluate, device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -33,6 +33,7 @@ from dimcl.build import build_method_from_config
 from dimcl.config import Config, ConfigError
 from dimcl.data import bad_image_count, run_splits
 from dimcl.data.device_views import BatchMultiView
+from dimcl.distributed import broadcast_buffers
 from dimcl.eval.diversity import diagnose, fixed_eval_batch
 from dimcl.eval.offline import knn_of_backbone
 from dimcl.methods import SSLMethod, cosine_momentum
@@ -390,7 +391,9 @@ def _record_epoch(run: TrainingRun, epoch: int, progress: EpochProgress, elapsed
 
 def _evaluate_epoch(run: TrainingRun, epoch: int) -> dict[str, Any]:
     """kNN (every ``eval.every`` epochs and after the last) and diversity figures (every
-    ``eval.diagnose_every``), on rank 0.
+    ``eval.diagnose_every``). Under DDP every rank takes part in the kNN, each extracting its shard of
+    the bank and of the evaluation set (:func:`~dimcl.eval.offline.knn_of_backbone` across ranks); the
+    diagnostics run on rank 0.
 
     With ``trainer.compile`` the networks run eagerly here: the evaluation's batch sizes (and eval mode)
     would otherwise make torch.compile trace new graphs, at every evaluation, for a few forward passes.
@@ -400,9 +403,12 @@ def _evaluate_epoch(run: TrainingRun, epoch: int) -> dict[str, Any]:
     knn_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or last)
     diagnose_now = (epoch + 1) % cfg.eval.diagnose_every == 0 or last
     with eager(cfg.trainer.compile):
-        if run.is_main and run.eval_sets is not None and knn_now:
+        if run.eval_sets is not None and knn_now:
+            # Every rank's running statistics moved with its own batches since DDP's last broadcast: the
+            # kNN scores rank 0's, which the checkpoint holds (the next forward broadcasts them anyway).
+            broadcast_buffers(run.method.backbone)
             knn = knn_of_backbone(run.method.backbone, cfg, run.fabric.device, datasets=run.eval_sets,
-                                  num_classes=run.num_classes)
+                                  num_classes=run.num_classes, across_ranks=True)
             figures.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
         if run.is_main and run.diagnose_batch is not None and diagnose_now:
             figures.update(diagnose(run.method, run.diagnose_batch))
