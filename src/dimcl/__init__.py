@@ -1,6 +1,6 @@
 """dimcl: Dimensional Contrastive Learning (Nguyen et al., IEEE Access 2023) as a regularizer for SSL.
 
-``dimcl.load_backbone(path)`` returns a trained backbone and its metadata (see :mod:`dimcl.export`).
+``dimcl.load_backbone(path)`` returns a trained backbone and its metadata (:func:`dimcl.export.load_backbone`).
 """
 
 from typing import Any

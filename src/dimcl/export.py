@@ -34,21 +34,37 @@ from dimcl.trained import load_trained_backbone
 __all__ = ["EXPORT_FORMATS", "export", "load_backbone"]
 
 EXPORT_FORMATS = ("safetensors", "torchvision", "timm")
+"""The formats of :func:`export` and ``dimcl export --format``."""
 
 #: dimcl backbones that are torchvision models with the classifier removed
 TORCHVISION_BACKBONES = ("resnet18", "resnet50", "vit_tiny", "vit_small")
 
 
 def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained backbone of a run, ready to use, and its metadata.
+    """The trained backbone of a run, ready to use, and its metadata; ``dimcl.load_backbone`` is this function.
 
-    ``path`` is a run directory, a checkpoint inside one (``checkpoints/last.ckpt``: the weights of that
-    moment), or a ``.safetensors`` file written by a run or by ``dimcl export --format safetensors``
-    (readable without its run). The module is on the CPU in eval mode and maps
-    ``(B, meta["in_channels"], meta["image_size"], meta["image_size"])`` images, normalised per channel
-    with ``meta["mean"]`` / ``meta["std"]``, to ``(B, meta["num_features"])`` features. The metadata also
-    names the architecture (``backbone``, ``stem``, ``patch_size``), the ``dataset``, the ``method`` and
-    ``dimcl_weight`` it was trained with.
+    Args:
+        path: a run directory, a checkpoint inside one (``checkpoints/last.ckpt``: the weights of that
+            moment), or a ``.safetensors`` file written by a run or by ``dimcl export --format safetensors``
+            (readable without its run).
+
+    Returns:
+        ``(backbone, meta)``. The module is on the CPU in eval mode and maps
+        ``(B, meta["in_channels"], meta["image_size"], meta["image_size"])`` images, normalised per channel
+        with ``meta["mean"]`` / ``meta["std"]``, to ``(B, meta["num_features"])`` features. The metadata
+        also names the architecture (``backbone``, ``stem``, ``patch_size``), the ``dataset``, the
+        ``method`` and ``dimcl_weight`` it was trained with.
+
+    Raises:
+        CheckpointError: the path holds no backbone dimcl wrote, or a damaged one (exit 2 from the CLI).
+
+    Example:
+        ```python
+        import dimcl
+
+        backbone, meta = dimcl.load_backbone("runs/byol_dimcl")
+        features = backbone(images)  # (B, meta["num_features"])
+        ```
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
@@ -80,9 +96,22 @@ def _write_state_dict(backbone: nn.Module, out: Path, meta: dict[str, Any]) -> N
 
 
 def export(path: str | Path, fmt: str, out: str | Path) -> dict[str, Any]:
-    """Write the backbone of the run at ``path`` (see :func:`load_backbone`) to ``out`` as ``fmt``.
+    """Write the backbone of the run at ``path`` to ``out`` as ``fmt`` (``dimcl export``).
 
-    Returns the backbone's metadata. The file is replaced atomically (a failed write leaves no torn file).
+    The file is replaced atomically (a failed write leaves no torn file).
+
+    Args:
+        path: what :func:`load_backbone` reads: a run directory, its checkpoint or a ``.safetensors`` file.
+        fmt: one of ``EXPORT_FORMATS``: ``safetensors`` (any backbone), ``torchvision`` (the ResNets and
+            ViTs) or ``timm`` (``timm/<model>`` backbones).
+        out: the file to write; ``.safetensors`` for that format, else ``.safetensors`` or a ``torch.save``
+            file.
+
+    Returns:
+        The backbone's metadata, as :func:`load_backbone` returns it.
+
+    Raises:
+        ConfigError: an unknown format, one the backbone has no form in, or an ``out`` of the wrong kind.
     """
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"export format '{fmt}' is not one of {', '.join(EXPORT_FORMATS)}")

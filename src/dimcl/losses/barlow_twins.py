@@ -26,7 +26,18 @@ def barlow_twins_loss(
     *,
     gather_distributed: bool = False,
 ) -> torch.Tensor:
-    """Barlow Twins loss of two views' projections (N, D) -> scalar."""
+    """Barlow Twins loss of two views' projections (the module docstring's formula).
+
+    Args:
+        z1: projections of view 1, (N, D).
+        z2: projections of view 2, (N, D).
+        lambd: λ, the weight of the off-diagonal (redundancy) term.
+        scale_loss: the factor of the whole loss.
+        gather_distributed: standardise and correlate over the global batch of every rank.
+
+    Returns:
+        The loss, a scalar.
+    """
     if gather_distributed:
         z1, z2 = gather(z1), gather(z2)
     n = z1.shape[0]

@@ -110,14 +110,29 @@ def dimcl_loss(
     eps: float = STANDARDIZE_EPS,
     implementation: str = "auto",
 ) -> torch.Tensor:
-    """DimCL loss of two views' projector outputs ``z1, z2`` (N, D) -> scalar (float32 or float64).
+    """DimCL loss of two views' projector outputs (the module docstring's formula).
 
     Half-precision inputs are computed in float32 with autocast disabled, so the loss is safe to
-    call inside ``torch.autocast``. With ``gather_distributed`` and an initialised process group, the
-    batch is gathered from every rank first (gradients flow back correctly, see dimcl.distributed).
-    ``implementation``: "plain" builds the (2D, 2D) similarity matrix; "blockwise" never does
-    (:mod:`dimcl.losses.dimcl_blockwise`, same value and gradients); "auto" takes blockwise when
-    2D > ``BLOCKWISE_ABOVE``.
+    call inside ``torch.autocast``.
+
+    Args:
+        z1: projector outputs of view 1 (N, D), N >= 2 and D >= 2.
+        z2: projector outputs of view 2 (N, D).
+        temperature: τ of the InfoNCE over dimensions, > 0.
+        hardness_aware: the InfoNCE (True) or the uniform ablation, every negative weighed equally (False).
+        gather_distributed: with an initialised process group, gather the batch from every rank first, so
+            the statistics are the global batch's (gradients flow back correctly, see :mod:`dimcl.distributed`).
+        eps: added to the variance when standardising each dimension.
+        implementation: ``"plain"`` builds the (2D, 2D) similarity matrix; ``"blockwise"`` never does
+            (:mod:`dimcl.losses.dimcl_blockwise`, same value and gradients); ``"auto"`` takes blockwise when
+            2D > ``BLOCKWISE_ABOVE``.
+
+    Returns:
+        The loss, a scalar (float32, or float64 for float64 inputs).
+
+    Raises:
+        ValueError: the inputs are not two (N, D) batches of the same shape with N, D >= 2, the temperature
+            is not > 0, or the implementation is unknown.
     """
     _check_inputs(z1, z2, temperature)
     check_implementation(implementation)
@@ -132,7 +147,23 @@ def dimcl_loss(
 
 
 class DimCLLoss(nn.Module):
-    """Module form of :func:`dimcl_loss`; gathers across ranks by default (global-batch statistics)."""
+    """Module form of :func:`dimcl_loss`; gathers across ranks by default (global-batch statistics).
+
+    Args:
+        temperature: τ, > 0.
+        hardness_aware: the InfoNCE (True) or the uniform ablation (False).
+        gather_distributed: compute over the global batch of every rank.
+        implementation: ``"auto"``, ``"plain"`` or ``"blockwise"``, as in :func:`dimcl_loss`.
+
+    Raises:
+        ValueError: the temperature is not > 0 or the implementation is unknown.
+
+    Example:
+        ```python
+        criterion = DimCLLoss(temperature=0.1)
+        loss = (1 - 0.1) * loss_ssl + 0.1 * criterion(z1, z2)
+        ```
+    """
 
     def __init__(
         self,
@@ -151,6 +182,7 @@ class DimCLLoss(nn.Module):
         self.implementation = implementation
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """The DimCL loss (a scalar) of two views' projector outputs (N, D) each."""
         return dimcl_loss(
             z1, z2, self.temperature, self.hardness_aware, gather_distributed=self.gather_distributed,
             implementation=self.implementation,

@@ -29,7 +29,21 @@ def dino_loss(
     student_temp: float = 0.1,
     teacher_temp: float = 0.07,
 ) -> torch.Tensor:
-    """Cross-entropy of the student's views against the centred teacher's other global view -> scalar."""
+    """Cross-entropy of every student view against the centred, sharpened teacher's other global views.
+
+    Args:
+        student_logits: the student's prototype logits of all V views, view-major, global views first (V·N, P).
+        teacher_logits: the teacher's logits of the two global views (2·N, P); no gradient flows into them.
+        center: the teacher's centre (1, P).
+        student_temp: τ_s.
+        teacher_temp: τ_t.
+
+    Returns:
+        The loss, a scalar.
+
+    Raises:
+        ValueError: a temperature is not > 0, or the shapes do not hold two teacher views and V student views.
+    """
     if not (student_temp > 0 and teacher_temp > 0):
         raise ValueError(f"DINO temperatures must be > 0, got student {student_temp}, teacher {teacher_temp}")
     n = teacher_logits.shape[0] // 2
@@ -48,8 +62,17 @@ def dino_loss(
 def updated_center(
     center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float = 0.9, *, gather_distributed: bool = False
 ) -> torch.Tensor:
-    """The next centre (1, P): ``momentum · center + (1 - momentum) · mean`` of ``teacher_logits`` (M, P),
-    the mean over the global batch when ``gather_distributed`` (one all-reduce)."""
+    """The next teacher centre, ``momentum · center + (1 - momentum) · mean(teacher_logits)``.
+
+    Args:
+        center: the current centre (1, P).
+        teacher_logits: the teacher's logits of the step (M, P).
+        momentum: m, the weight of the current centre.
+        gather_distributed: the mean over the global batch (one all-reduce), not this rank's.
+
+    Returns:
+        The new centre (1, P), in the dtype of ``center``.
+    """
     total = teacher_logits.to(center.dtype).sum(dim=0, keepdim=True)  # half-precision logits summed in the centre's
     count = teacher_logits.shape[0]
     if gather_distributed and is_distributed():

@@ -15,7 +15,17 @@ from dimcl.losses.precision import computed_in_float32
 
 @computed_in_float32
 def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """InfoNCE of queries against their keys (positives) and a queue of past keys (negatives)."""
+    """InfoNCE of queries against their keys (positives) and a queue of past keys (negatives).
+
+    Args:
+        query: the online projections (N, d); normalised here.
+        key: the momentum encoder's projections of the other view (N, d); normalised, no gradient.
+        queue: past keys (K, d), L2-normalised; no gradient.
+        temperature: τ.
+
+    Returns:
+        The loss, a scalar.
+    """
     if not temperature > 0:
         raise ValueError(f"MoCo temperature must be > 0, got {temperature}")
     q = F.normalize(query, dim=1)

@@ -21,7 +21,17 @@ from dimcl.losses.precision import computed_in_float32
 def mocov3_loss(
     query: torch.Tensor, key: torch.Tensor, temperature: float = 0.2, *, gather_distributed: bool = False
 ) -> torch.Tensor:
-    """MoCo v3's scaled InfoNCE of queries (N, d) against the (global) batch of keys (N, d) -> scalar."""
+    """MoCo v3's InfoNCE of queries against the batch's keys, scaled by 2τ.
+
+    Args:
+        query: the predictor outputs of one view (N, d); normalised here.
+        key: the momentum encoder's projections of the other view (N, d); normalised, no gradient.
+        temperature: τ.
+        gather_distributed: the keys of every rank are the negatives (gathered without gradient).
+
+    Returns:
+        The loss, a scalar.
+    """
     if not temperature > 0:
         raise ValueError(f"MoCo v3 temperature must be > 0, got {temperature}")
     q = F.normalize(query, dim=1)

@@ -22,7 +22,16 @@ from dimcl.losses.precision import computed_in_float32
 def multi_view_nt_xent_loss(
     *projections: torch.Tensor, temperature: float = 0.2, gather_distributed: bool = False
 ) -> torch.Tensor:
-    """Multi-positive NT-Xent of V >= 2 views' projections (N, d) each -> scalar."""
+    """Multi-positive NT-Xent of V >= 2 views of the same images.
+
+    Args:
+        *projections: the V views' projections, (N, d) each, in the same image order.
+        temperature: τ.
+        gather_distributed: the whole global batch gives the negatives.
+
+    Returns:
+        The loss, a scalar.
+    """
     if not temperature > 0:
         raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
     if len(projections) < 2:

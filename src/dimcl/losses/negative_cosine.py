@@ -16,11 +16,27 @@ from dimcl.losses.precision import computed_in_float32
 
 @computed_in_float32
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """BYOL's normalised MSE, 2 - 2 cos, averaged over the batch."""
+    """BYOL's normalised MSE, ``2 - 2 · mean_i cos(p_i, z_i)``.
+
+    Args:
+        p: the online predictor outputs (N, d).
+        z: the momentum target's projections of the other view (N, d); detached here.
+
+    Returns:
+        The loss, a scalar in [0, 4].
+    """
     return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
 @computed_in_float32
 def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """SimSiam's negative cosine similarity, averaged over the batch."""
+    """SimSiam's negative cosine similarity, ``-mean_i cos(p_i, z_i)``.
+
+    Args:
+        p: the predictor outputs of one view (N, d).
+        z: the projections of the other view (N, d); detached here (the stop-gradient).
+
+    Returns:
+        The loss, a scalar in [-1, 1].
+    """
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()

@@ -20,7 +20,17 @@ from dimcl.losses.precision import computed_in_float32
 def nnclr_loss(
     nn: torch.Tensor, p: torch.Tensor, temperature: float = 0.1, *, gather_distributed: bool = False
 ) -> torch.Tensor:
-    """InfoNCE of nearest neighbours (N, d) against the (global) batch of predictions (N, d) -> scalar."""
+    """InfoNCE of nearest neighbours against the batch of the other view's predictions.
+
+    Args:
+        nn: the support queue's nearest neighbours of one view's projections (N, d); no gradient.
+        p: the other view's predictor outputs (N, d).
+        temperature: τ.
+        gather_distributed: the predictions of every rank are the negatives (gathered with gradient).
+
+    Returns:
+        The loss, a scalar.
+    """
     if not temperature > 0:
         raise ValueError(f"NNCLR temperature must be > 0, got {temperature}")
     neighbours = F.normalize(nn.detach(), dim=-1)

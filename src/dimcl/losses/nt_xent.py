@@ -22,7 +22,17 @@ from dimcl.losses.precision import computed_in_float32
 def nt_xent_loss(
     z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, *, gather_distributed: bool = False
 ) -> torch.Tensor:
-    """NT-Xent of two views' projections (N, d) -> scalar."""
+    """NT-Xent of two views' projections (the module docstring's formula).
+
+    Args:
+        z1: projections of view 1 (N, d); normalised here.
+        z2: projections of view 2 (N, d), image i of both views a positive pair.
+        temperature: τ.
+        gather_distributed: the whole global batch gives the negatives.
+
+    Returns:
+        The loss, a scalar.
+    """
     if not temperature > 0:
         raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
     if gather_distributed:

@@ -30,7 +30,17 @@ from dimcl.losses.precision import computed_in_float32
 def sinkhorn(
     scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, *, gather_distributed: bool = False
 ) -> torch.Tensor:
-    """Sinkhorn-Knopp assignments (B, K) of ``scores`` (B, K); see the module docstring."""
+    """Sinkhorn-Knopp soft assignments with equal mass on every prototype (the module docstring's steps).
+
+    Args:
+        scores: cosine similarities of projections with the prototypes (B, K).
+        epsilon: ε, the entropic regularisation (smaller is sharper).
+        iterations: the number of row and column normalisations.
+        gather_distributed: the sums over samples run over every rank's batch.
+
+    Returns:
+        The assignments (B, K), every row summing to 1; no gradient.
+    """
     if not epsilon > 0:
         raise ValueError(f"Sinkhorn's epsilon must be > 0, got {epsilon}")
     distributed = gather_distributed and is_distributed()
@@ -57,7 +67,16 @@ def sinkhorn(
 def swav_loss(
     preds: Sequence[torch.Tensor], assignments: Sequence[torch.Tensor], temperature: float = 0.1
 ) -> torch.Tensor:
-    """Swapped prediction of V views' scores (N, K) each from the global views' assignments (N, K) -> scalar."""
+    """Swapped prediction: every view predicts the assignments of the other global views.
+
+    Args:
+        preds: the V views' prototype scores, (N, K) each, global views first.
+        assignments: the Sinkhorn assignments of the global views, (N, K) each; no gradient.
+        temperature: τ of the softmax over the prototypes.
+
+    Returns:
+        The loss, a scalar.
+    """
     if not temperature > 0:
         raise ValueError(f"SwAV temperature must be > 0, got {temperature}")
     if len(assignments) > len(preds):

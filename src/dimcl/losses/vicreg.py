@@ -39,7 +39,19 @@ def vicreg_loss(
     *,
     gather_distributed: bool = False,
 ) -> torch.Tensor:
-    """VICReg loss of two views' projections (N, D) -> scalar."""
+    """VICReg loss of two views' projections (the module docstring's formula).
+
+    Args:
+        z1: projections of view 1 (N, D).
+        z2: projections of view 2 (N, D).
+        sim_weight: the weight of the invariance term.
+        var_weight: the weight of the variance term.
+        cov_weight: the weight of the covariance term.
+        gather_distributed: the variance and covariance of the global batch of every rank.
+
+    Returns:
+        The loss, a scalar.
+    """
     if gather_distributed:
         z1, z2 = gather(z1), gather(z2)
     invariance = F.mse_loss(z1, z2)

@@ -25,7 +25,15 @@ from dimcl.losses.precision import computed_in_float32
 
 @computed_in_float32
 def whiten(z: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Cholesky whitening of ``z`` (M, D) -> (M, D) of zero mean and identity covariance (M > D, or eps > 0)."""
+    """Cholesky whitening: ``(z - mean) · L⁻ᵀ``, ``L`` the Cholesky factor of the shrunk covariance.
+
+    Args:
+        z: a batch (M, D); M > D unless ``eps`` > 0 (the covariance must be positive definite).
+        eps: ε, the shrinkage towards the identity.
+
+    Returns:
+        The whitened batch (M, D): zero mean and identity covariance.
+    """
     centred = z - z.mean(dim=0, keepdim=True)
     eye = torch.eye(z.shape[1], device=z.device, dtype=z.dtype)
     cov = centred.T @ centred / (z.shape[0] - 1)
@@ -36,7 +44,15 @@ def whiten(z: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
 
 @computed_in_float32
 def wmse_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """W-MSE's normalised MSE of two views' whitened features (N, D) each -> scalar."""
+    """W-MSE's normalised MSE of two views' whitened features, ``2 - 2 · mean_i cos(w1_i, w2_i)``.
+
+    Args:
+        z1: whitened features of view 1 (N, D).
+        z2: whitened features of view 2 (N, D); gradients flow through both views.
+
+    Returns:
+        The loss, a scalar.
+    """
     return 2 - 2 * (F.normalize(z1, dim=-1) * F.normalize(z2, dim=-1)).sum(dim=-1).mean()
 
 
@@ -50,8 +66,23 @@ def whitened_mse_loss(
     *,
     gather_distributed: bool = False,
 ) -> torch.Tensor:
-    """W-MSE's objective of two views' projections (N, D) each -> scalar; ``permutations`` of the (global)
-    batch's indices, one per whitening iteration (the same on every rank)."""
+    """W-MSE's objective: whiten sub-batches of each view, then the normalised MSE, averaged over permutations.
+
+    Args:
+        z1: projections of view 1 (N, D).
+        z2: projections of view 2 (N, D).
+        permutations: permutations of the (global) batch's indices, one per whitening iteration, the same
+            on every rank.
+        whitening_size: the size of the sub-batches whitened on their own; >= 2 and dividing the batch.
+        eps: ε of [`whiten`][dimcl.losses.wmse.whiten].
+        gather_distributed: the permutations cut the global batch of every rank.
+
+    Returns:
+        The loss, a scalar.
+
+    Raises:
+        ValueError: ``whitening_size`` is under 2 or does not divide the batch.
+    """
     if gather_distributed:
         z1, z2 = gather(z1), gather(z2)
     n = z1.shape[0]

@@ -26,10 +26,21 @@ METHODS: dict[str, type[SSLMethod]] = {
     cls.name: cls
     for cls in (SimCLR, MoCoV2Plus, BYOL, SimSiam, BarlowTwins, VICReg, DINO, SwAV, MoCoV3, NNCLR, WMSE)
 }
+"""The registry: ``method.name`` -> the method's class, the paper's six first."""
 
 
 def method_options(name: str) -> dict[str, Any]:
-    """The method's own keyword options and their defaults (projector widths, temperatures, ...)."""
+    """The method's own keyword options and their defaults (projector widths, temperatures, ...).
+
+    Args:
+        name: a registry name, ``method.name``.
+
+    Returns:
+        ``{option: default}``, the config keys ``method.<option>`` of that method.
+
+    Raises:
+        ValueError: no method has that name (the message names those that do).
+    """
     cls = _method_class(name)
     params = inspect.signature(cls.__init__).parameters.values()
     return {
@@ -53,9 +64,32 @@ def build_method(
     gather_distributed: bool = True,
     **options: Any,
 ) -> SSLMethod:
-    """Build method ``name`` around ``backbone``; ``options`` are that method's own settings.
+    """Build method ``name`` around ``backbone``.
 
     An option the method does not take is an error, never silently ignored.
+
+    Args:
+        name: a registry name, ``method.name`` (a key of ``METHODS``).
+        backbone: the network to train, with an int attribute ``num_features``.
+        dimcl: the DimCL settings; None trains the plain method.
+        gather_distributed: compute the losses over the global batch under data parallelism.
+        **options: the method's own settings (:func:`method_options`).
+
+    Returns:
+        The method, an ``nn.Module``.
+
+    Raises:
+        ValueError: an unknown method or an option the method does not take.
+
+    Example:
+        ```python
+        from dimcl.config import DimCLConfig
+        from dimcl.methods import build_method
+        from dimcl.models import build_backbone
+
+        method = build_method("byol", build_backbone("resnet18"), DimCLConfig(weight=0.1), proj_output_dim=256)
+        losses = method([view1, view2])  # losses["loss"].backward()
+        ```
     """
     cls = _method_class(name)
     accepted = method_options(name)

@@ -61,7 +61,16 @@ class MethodOutput(_RequiredOutput, total=False):
 
 class SSLMethod(nn.Module):
     """Base of the methods. Subclasses declare ``name``, build ``self.projector`` (and their other heads)
-    on ``backbone.num_features``, and implement ``forward``; see the module docstring for the contract."""
+    on ``backbone.num_features``, and implement ``forward``; see the module docstring for the contract.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features``.
+        dimcl: the DimCL settings; None (or ``weight=0``) builds no DimCL term at all.
+        gather_distributed: compute the losses over the global batch under data parallelism.
+
+    Raises:
+        ValueError: the backbone has no ``num_features``.
+    """
 
     #: the registry name; every subclass declares its own
     name: ClassVar[str] = ""
@@ -100,7 +109,17 @@ class SSLMethod(nn.Module):
         )
 
     def split_views(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """(global view 1, global view 2, the local views): multi-crop's layout, two views and N local ones."""
+        """The views in multi-crop's layout: two global views, then any local ones.
+
+        Args:
+            views: two global batches (N, C, H, W), then any local ones (N, C, h, w).
+
+        Returns:
+            (global view 1, global view 2, the list of local views).
+
+        Raises:
+            ValueError: fewer than two views, or local views for a method without a multi-crop form.
+        """
         if len(views) < 2:
             raise ValueError(f"the methods take two global augmented views (then any local ones), got {len(views)}")
         if len(views) > 2 and not self.multi_crop:
@@ -111,18 +130,40 @@ class SSLMethod(nn.Module):
         return views[0], views[1], list(views[2:])
 
     def encode(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Backbone features of view 1 (N, F) and the online projections of both global views (N, D) each."""
+        """The backbone and projector on the two global views.
+
+        Args:
+            views: as for :meth:`split_views`.
+
+        Returns:
+            The backbone features of view 1 (N, F) and the online projections of both global views (N, D) each.
+        """
         x1, x2, _ = self.split_views(views)
         f1 = self.backbone(x1)
         return f1, self.projector(f1), self.projector(self.backbone(x2))
 
     def encode_locals(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The online projections (N, D) of the local views, one backbone pass each (as solo-learn; one pass
-        over all of them would mix their batch-norm statistics); empty for two-view training."""
+        """The online projections of the local views, one backbone pass each.
+
+        One pass each, as solo-learn: one pass over all of them would mix their batch-norm statistics.
+
+        Args:
+            views: as for :meth:`split_views`.
+
+        Returns:
+            One projection (N, D) per local view; empty for two-view training.
+        """
         return [self.projector(self.backbone(x)) for x in self.split_views(views)[2]]
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
-        """The method's step on two global views (N, C, H, W), then any local ones; ends with ``self.combine(...)``."""
+        """The method's step on two global views (N, C, H, W), then any local ones; ends with ``self.combine(...)``.
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The step's losses and tensors.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement forward(views)")
 
     def combine(
@@ -133,11 +174,20 @@ class SSLMethod(nn.Module):
         features: torch.Tensor,
         local_z: Sequence[torch.Tensor] = (),
     ) -> MethodOutput:
-        """The output of ``forward``: ``loss = (1 - λ) · loss_ssl + λ · DimCL(z1, z2)``; with λ = 0 the loss
-        *is* ``loss_ssl`` and DimCL is not computed. ``features`` are the backbone's on view 1.
+        """The output of ``forward``: ``loss = (1 - λ) · loss_ssl + λ · DimCL(z1, z2)``.
 
-        ``local_z`` are the local views' projections (multi-crop): with ``dimcl.local_pairs`` DimCL is the
-        mean over the global pair and every (global, local) pair, else they do not enter DimCL.
+        With λ = 0 the loss *is* ``loss_ssl`` and DimCL is not computed.
+
+        Args:
+            loss_ssl: the method's own objective, a scalar.
+            z1: the online projector outputs of global view 1 (N, D) that DimCL regularises.
+            z2: the same of global view 2 (N, D).
+            features: the backbone's features of view 1 (N, F).
+            local_z: the local views' projections (multi-crop): with ``dimcl.local_pairs`` DimCL is the mean
+                over the global pair and every (global, local) pair, else they do not enter DimCL.
+
+        Returns:
+            ``loss``, ``loss_ssl``, ``loss_dimcl`` (when λ > 0), ``features``, ``z1`` and ``z2``.
         """
         if self.dimcl_loss is None:
             return MethodOutput(loss_ssl=loss_ssl, z1=z1, z2=z2, loss=loss_ssl, features=features)
@@ -150,20 +200,37 @@ class SSLMethod(nn.Module):
         return MethodOutput(loss_ssl=loss_ssl, z1=z1, z2=z2, loss_dimcl=loss_dimcl, loss=loss, features=features)
 
     def begin_epoch(self, epoch: int) -> None:
-        """The steps that follow belong to ``epoch`` (0-based)."""
+        """The steps that follow belong to ``epoch`` (0-based); the loop calls it before each epoch.
+
+        Args:
+            epoch: the coming epoch, 0-based.
+        """
         self.epoch = epoch
 
     def frozen_parameters(self) -> list[nn.Parameter]:
-        """The parameters that this epoch's optimizer steps leave untouched (their gradients are dropped)."""
+        """The parameters that this epoch's optimizer steps leave untouched (their gradients are dropped).
+
+        Returns:
+            The frozen parameters; empty by default.
+        """
         return []
 
     def check_global_batch(self, global_batch: int) -> None:
-        """Raise :class:`~dimcl.errors.ConfigError` if the method cannot train on ``global_batch`` images a step."""
+        """Refuse, before anything is written, a global batch the method cannot take.
+
+        Args:
+            global_batch: the images of one step over every rank.
+
+        Raises:
+            ConfigError: the method cannot train on ``global_batch`` images a step (never, by default).
+        """
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """The (online, momentum twin) module pairs that ``momentum_update`` moves.
 
-        Empty unless the method has a momentum twin; one that overrides this sets ``base_momentum``.
+        Returns:
+            The pairs; empty unless the method has a momentum twin (one that overrides this sets
+            ``base_momentum``).
         """
         return []
 
@@ -174,6 +241,9 @@ class SSLMethod(nn.Module):
         BatchNorm statistics of the momentum twin are its own (it runs in train mode on its inputs).
         All tensors move in one multi-tensor ``lerp`` (a few kernel launches on a GPU instead of one per
         tensor; on the CPU it is the same per-tensor ``lerp_``, bit for bit).
+
+        Args:
+            tau: τ, the momentum of this step (``cosine_momentum`` of the step).
         """
         targets, onlines = [], []
         for online, target in self.momentum_pairs():

@@ -18,6 +18,26 @@ from dimcl.models.heads import mlp
 
 
 class BYOL(SSLMethod):
+    """BYOL: an online network with a predictor regresses an EMA target's projection of the other view.
+
+    The target (momentum backbone and projector) follows the online network by an EMA whose momentum goes
+    from ``base_momentum`` to 1 on a cosine schedule; it gets no gradient.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        pred_hidden_dim: ``method.pred_hidden_dim``, the predictor's hidden width.
+        base_momentum: ``method.base_momentum``, the EMA momentum at step 0.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is the symmetric normalised
+    MSE (:func:`~dimcl.losses.byol_loss`, both directions summed), and ``z1``, ``z2``, the tensors DimCL
+    regularises: the online projector outputs of the two global views, not the predictor outputs.
+    """
+
     name = "byol"
 
     def __init__(
@@ -42,6 +62,14 @@ class BYOL(SSLMethod):
         return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W), then any multi-crop local views.
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         x1, x2, _ = self.split_views(views)
         local_z = self.encode_locals(views)

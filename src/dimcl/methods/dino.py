@@ -36,6 +36,34 @@ def teacher_temperature(epoch: int, warmup: float, final: float, warmup_epochs: 
 
 
 class DINO(SSLMethod):
+    """DINO: a student distils an EMA teacher's centred, sharpened prototype outputs (the module docstring).
+
+    The teacher sees the two global views, the student every view.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the head's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the head's bottleneck width.
+        num_prototypes: ``method.num_prototypes``, P, the last layer's width.
+        use_bn_in_head: ``method.use_bn_in_head``, batch norm in the head's hidden layers.
+        norm_last_layer: ``method.norm_last_layer``, fix the last layer's weight norms at 1.
+        student_temperature: ``method.student_temperature``, τ_s.
+        teacher_temperature: ``method.teacher_temperature``, τ_t after the warm-up.
+        warmup_teacher_temperature: ``method.warmup_teacher_temperature``, τ_t at epoch 0.
+        warmup_teacher_temperature_epochs: ``method.warmup_teacher_temperature_epochs``, the warm-up's
+            length (0: none).
+        freeze_last_layer: ``method.freeze_last_layer``, the epochs during which the last layer learns nothing.
+        center_momentum: ``method.center_momentum``, the EMA momentum of the teacher's centre, in [0, 1).
+        base_momentum: ``method.base_momentum``, the teacher's EMA momentum at step 0.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is
+    :func:`~dimcl.losses.dino_loss`, and ``z1``, ``z2``, the tensors DimCL regularises: the student head's
+    bottleneck outputs of the two global views, before the normalisation and the prototypes.
+    """
+
     name = "dino"
     nonnegative_options = ("warmup_teacher_temperature_epochs", "freeze_last_layer", "center_momentum")
 
@@ -92,6 +120,7 @@ class DINO(SSLMethod):
         return list(self.prototypes.parameters()) if self.epoch < self.freeze_last_layer else []
 
     def current_teacher_temperature(self) -> float:
+        """τ_t of the current epoch (:func:`teacher_temperature`)."""
         return teacher_temperature(self.epoch, self.warmup_teacher_temperature, self.teacher_temperature,
                                    self.warmup_teacher_temperature_epochs)
 
@@ -100,6 +129,14 @@ class DINO(SSLMethod):
         return self.prototypes(F.normalize(z, dim=-1))
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W), then any multi-crop local views.
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         x1, x2, _ = self.split_views(views)
         local_z = self.encode_locals(views)

@@ -20,6 +20,28 @@ from dimcl.models.heads import mlp
 
 
 class MoCoV2Plus(SSLMethod):
+    """MoCo v2+: queries meet a momentum encoder's keys, with a queue of past keys as negatives.
+
+    Symmetric: view 1's queries meet view 2's keys and view 2's queue, and the other way round. The
+    momentum encoder (backbone and projector) follows the online one by an EMA whose momentum goes from
+    ``base_momentum`` to 1 on a cosine schedule.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        temperature: ``method.temperature``, τ of the InfoNCE.
+        queue_size: ``method.queue_size``, K, the number of past keys per view, >= 1.
+        base_momentum: ``method.base_momentum``, the EMA momentum at step 0.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is the mean of the two
+    InfoNCE terms (:func:`~dimcl.losses.moco_loss`), and ``z1``, ``z2``, the tensors DimCL regularises: the query
+    projections of the two global views, before their L2 normalisation.
+    """
+
     name = "mocov2plus"
 
     def __init__(
@@ -55,6 +77,14 @@ class MoCoV2Plus(SSLMethod):
         enqueue(self.queue, self.queue_ptr, keys)
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W), then any multi-crop local views.
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, q1, q2 = self.encode(views)
         x1, x2, _ = self.split_views(views)
         local_q = self.encode_locals(views)

@@ -24,6 +24,27 @@ from dimcl.models.heads import mlp
 
 
 class MoCoV3(SSLMethod):
+    """MoCo v3: a predictor's queries meet the momentum keys of the other view, the batch's keys as negatives.
+
+    Two views only. The heads follow ``proj_num_layers`` (the module docstring).
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        pred_hidden_dim: ``method.pred_hidden_dim``, the predictor's hidden width.
+        proj_num_layers: ``method.proj_num_layers``, 2 (ResNet heads) or 3 (ViT heads).
+        temperature: ``method.temperature``, τ of the InfoNCE.
+        base_momentum: ``method.base_momentum``, the EMA momentum at step 0.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is the sum of both
+    directions of :func:`~dimcl.losses.mocov3_loss`, and ``z1``, ``z2``, the tensors DimCL regularises: the query
+    projector outputs of the two views, before the predictor.
+    """
+
     name = "mocov3"
     multi_crop = False
 
@@ -59,6 +80,14 @@ class MoCoV3(SSLMethod):
         return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W).
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         x1, x2, _ = self.split_views(views)
         q1, q2 = self.predictor(z1), self.predictor(z2)

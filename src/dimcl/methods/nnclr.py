@@ -24,6 +24,26 @@ from dimcl.models.heads import mlp
 
 
 class NNCLR(SSLMethod):
+    """NNCLR: a view's nearest neighbour in a support queue is the positive of the other view's prediction.
+
+    Two views only.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        pred_hidden_dim: ``method.pred_hidden_dim``, the predictor's hidden width.
+        temperature: ``method.temperature``, τ of the InfoNCE.
+        queue_size: ``method.queue_size``, the support queue's length, >= 1.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is the mean of both
+    directions of :func:`~dimcl.losses.nnclr_loss`, and ``z1``, ``z2``, the tensors DimCL regularises: the projector
+    outputs of the two views, before the normalisation and the support lookup.
+    """
+
     name = "nnclr"
     multi_crop = False
 
@@ -55,6 +75,14 @@ class NNCLR(SSLMethod):
         return self.queue[(z @ self.queue.T.to(z.dtype)).argmax(dim=1)].to(z.dtype)
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W).
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         u1, u2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)

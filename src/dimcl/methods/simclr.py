@@ -18,6 +18,25 @@ from dimcl.models.heads import mlp
 
 
 class SimCLR(SSLMethod):
+    """SimCLR: NT-Xent between the projections of two views of each image.
+
+    The negatives of a view are every other view of the (global) batch. With multi-crop local views every
+    other view of the same image is a positive (multi-positive NT-Xent).
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        temperature: ``method.temperature``, τ of NT-Xent.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is NT-Xent
+    (:func:`~dimcl.losses.nt_xent_loss`), and ``z1``, ``z2``, the tensors DimCL regularises: the projector outputs
+    of the two global views.
+    """
+
     name = "simclr"
 
     def __init__(
@@ -35,6 +54,14 @@ class SimCLR(SSLMethod):
         self.temperature = temperature
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W), then any multi-crop local views.
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         local_z = self.encode_locals(views)
         if local_z:

@@ -17,6 +17,25 @@ from dimcl.models.heads import mlp
 
 
 class SimSiam(SSLMethod):
+    """SimSiam: a predictor and a stop-gradient, no momentum encoder.
+
+    The projector is three layers ending in a batch norm without affine parameters; each view's prediction
+    meets the other view's projection, detached.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        pred_hidden_dim: ``method.pred_hidden_dim``, the predictor's (bottleneck) hidden width.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is the mean negative cosine
+    of both directions (:func:`~dimcl.losses.simsiam_loss`), and ``z1``, ``z2``, the tensors DimCL regularises: the
+    projector outputs of the two global views, not the predictor outputs.
+    """
+
     name = "simsiam"
 
     def __init__(
@@ -36,6 +55,14 @@ class SimSiam(SSLMethod):
         self.predictor = mlp(proj_output_dim, pred_hidden_dim, proj_output_dim, 2)
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W), then any multi-crop local views.
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         local_z = self.encode_locals(views)
         p1, p2 = self.predictor(z1), self.predictor(z2)

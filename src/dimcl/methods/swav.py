@@ -29,6 +29,31 @@ from dimcl.models.heads import mlp
 
 
 class SwAV(SSLMethod):
+    """SwAV: each view predicts the other global views' Sinkhorn cluster assignments (the module docstring).
+
+    The prototypes are renormalised before every step and frozen for the first epochs.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        num_prototypes: ``method.num_prototypes``, K, the number of prototypes.
+        temperature: ``method.temperature``, τ of the swapped prediction's softmax.
+        sk_iters: ``method.sk_iters``, Sinkhorn-Knopp's iterations, >= 1.
+        sk_epsilon: ``method.sk_epsilon``, Sinkhorn-Knopp's ε, > 0.
+        queue_size: ``method.queue_size``, the queued projections per global view (0: no queue).
+        epoch_queue_starts: ``method.epoch_queue_starts``, the first epoch that uses the queue.
+        freeze_prototypes_epochs: ``method.freeze_prototypes_epochs``, the epochs during which the
+            prototypes learn nothing.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is
+    :func:`~dimcl.losses.swav_loss`, and ``z1``, ``z2``, the tensors DimCL regularises: the projector outputs of the
+    two global views, before their normalisation and the prototypes.
+    """
+
     name = "swav"
     nonnegative_options = ("queue_size", "epoch_queue_starts", "freeze_prototypes_epochs")
 
@@ -102,6 +127,14 @@ class SwAV(SSLMethod):
         self.queue_filled.add_(new.shape[1]).clamp_(max=size)
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W), then any multi-crop local views.
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         with torch.no_grad():  # SwAV's projection of the prototypes onto the unit sphere, before the step
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         f1, z1, z2 = self.encode(views)

@@ -13,6 +13,26 @@ from dimcl.models.heads import mlp
 
 
 class VICReg(SSLMethod):
+    """VICReg: invariance between two views' projections, variance and covariance within each.
+
+    Two views only (no multi-crop form). The projector is three layers.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        sim_weight: ``method.sim_weight``, the weight of the invariance term.
+        var_weight: ``method.var_weight``, the weight of the variance term.
+        cov_weight: ``method.cov_weight``, the weight of the covariance term.
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is
+    :func:`~dimcl.losses.vicreg_loss`, and ``z1``, ``z2``, the tensors DimCL regularises: the projector outputs of
+    the two views.
+    """
+
     name = "vicreg"
     # solo-learn's VICReg computes its loss on the two global views only (local crops would go through the
     # backbone for nothing), and the objective is defined on one pair of batches: no multi-crop form here.
@@ -35,6 +55,14 @@ class VICReg(SSLMethod):
         self.weights = (sim_weight, var_weight, cov_weight)
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W).
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         loss = vicreg_loss(z1, z2, *self.weights, gather_distributed=self.gather_distributed)
         return self.combine(loss, z1, z2, f1)

@@ -25,6 +25,27 @@ from dimcl.models.heads import mlp
 
 
 class WMSE(SSLMethod):
+    """W-MSE: the normalised MSE of two views' projections after whitening sub-batches of them.
+
+    Two views only; the global batch must be a multiple of ``whitening_size``.
+
+    Args:
+        backbone: the network to train, an ``nn.Module`` with an int attribute ``num_features`` (its output
+            width F).
+        dimcl: the DimCL settings (``dimcl.*``: λ, τ, the form of the loss); None trains the plain method.
+        proj_hidden_dim: ``method.proj_hidden_dim``, the projector's hidden width.
+        proj_output_dim: ``method.proj_output_dim``, D, the projector's output width.
+        whitening_size: ``method.whitening_size``, the sub-batches whitened on their own (> D unless
+            ``whitening_eps`` > 0).
+        whitening_iters: ``method.whitening_iters``, the permutations averaged per step, >= 1.
+        whitening_eps: ``method.whitening_eps``, the covariance's shrinkage towards the identity, in [0, 1).
+        gather_distributed: compute the loss over the global batch under data parallelism.
+
+    ``forward(views)`` returns a :class:`~dimcl.methods.base.MethodOutput`: ``loss_ssl`` is
+    :func:`~dimcl.losses.whitened_mse_loss`, and ``z1``, ``z2``, the tensors DimCL regularises: the projector
+    outputs of the two views, before whitening.
+    """
+
     name = "wmse"
     nonnegative_options = ("whitening_eps",)
     multi_crop = False
@@ -81,6 +102,14 @@ class WMSE(SSLMethod):
         return [torch.randperm(n, generator=generator) for _ in range(self.whitening_iters)]
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
+        """One training step on two global views (N, C, H, W).
+
+        Args:
+            views: the augmented batches of the same N images.
+
+        Returns:
+            The losses and tensors of the step, ``loss = (1 - λ) · loss_ssl + λ · loss_dimcl``.
+        """
         f1, z1, z2 = self.encode(views)
         global_n = z1.shape[0] * (world_size() if self.gather_distributed else 1)
         loss = whitened_mse_loss(z1, z2, self.permutations(global_n), self.whitening_size, self.whitening_eps,

@@ -80,8 +80,15 @@ def _resnet(
 
 
 def stem_of(backbone: nn.Module) -> str | None:
-    """``'cifar'`` (3x3 stride-1 conv, no max-pool) or ``'imagenet'`` (7x7 stride 2 + max-pool) for the
-    ResNets; None for backbones without that choice."""
+    """The stem of a ResNet backbone.
+
+    Args:
+        backbone: a backbone of :func:`build_backbone`.
+
+    Returns:
+        ``'cifar'`` (3x3 stride-1 conv, no max-pool) or ``'imagenet'`` (7x7 stride 2 + max-pool) for the
+        ResNets; None for backbones without that choice.
+    """
     cifar_stem = getattr(backbone, "cifar_stem", None)
     return None if cifar_stem is None else ("cifar" if cifar_stem else "imagenet")
 
@@ -198,6 +205,10 @@ class SmallCNN(nn.Module):
 
     Its speed on a CPU, against the 3-stage variant and without the channels-last conversion below:
     benchmarks/speed/README.md ("small_cnn step", ``python benchmarks/speed/small_cnn_step.py``).
+
+    Args:
+        in_channels: C, the input's channels (3 for RGB; the Fashion-MNIST recipes repeat the gray channel).
+        widths: the stem's width, then one residual block per further width.
     """
 
     def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 32, 64, 128, 256)) -> None:
@@ -218,6 +229,7 @@ class SmallCNN(nn.Module):
         self.num_features = channels
 
     def forward(self, x: Tensor) -> Tensor:
+        """Features ``(B, num_features)`` of images ``(B, C, H, W)``."""
         x = self.stem(x)
         if x.device.type == "cpu":
             # oneDNN's convolutions are faster on channels-last maps (benchmarks/speed/README.md). Converting the
@@ -240,6 +252,7 @@ def _small_cnn(
 
 #: ``backbone.name=timm/<model>`` builds ``<model>`` from timm
 TIMM_PREFIX = "timm/"
+"""A ``backbone.name`` with this prefix is a timm model: ``timm/resnet18``, ``timm/vit_tiny_patch16_224``."""
 
 
 def _import_timm():  # noqa: ANN202 (the module)
@@ -326,11 +339,18 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vit_small": partial(_vit, "small"),
     "small_cnn": _small_cnn,
 }
+"""The built-in backbones: ``backbone.name`` -> its builder (``timm/<model>`` names are not in it)."""
 
 
 def check_backbone_name(name: str) -> None:
-    """Raise :class:`~dimcl.errors.BadInputError` (a ``ValueError``) naming the accepted names unless ``name``
-    is a backbone dimcl can build."""
+    """Refuse a backbone name dimcl cannot build, naming those it can.
+
+    Args:
+        name: a key of ``BACKBONES``, or ``timm/<model>`` for a timm model.
+
+    Raises:
+        BadInputError: ``name`` is neither (a ``ValueError``; the message names the accepted names).
+    """
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
         _check_timm_model(name[len(TIMM_PREFIX):])
         return
@@ -352,10 +372,21 @@ def build_backbone(
 ) -> nn.Module:
     """Build the backbone called ``name``; it maps ``(B, in_channels, H, W)`` to ``(B, num_features)``.
 
-    ``image_size`` picks the defaults for small images: the CIFAR stem of the ResNets
-    (``cifar_stem=None`` means ``image_size <= 64``) and the ViT patch size (``None`` means 4 for
-    ``image_size <= 64``, else 16). ViTs only accept ``image_size x image_size`` inputs.
-    ``timm/<model>`` builds a timm model (see the module docstring).
+    Args:
+        name: ``backbone.name``: ``resnet18``, ``resnet50``, ``vit_tiny``, ``vit_small``, ``small_cnn``, or
+            ``timm/<model>`` for a timm model (randomly initialised, nothing downloaded).
+        in_channels: the input's channels.
+        image_size: the input's side; picks the defaults for small images below.
+        cifar_stem: the ResNets' 3x3 stride-1 stem without max-pool; None means ``image_size <= 64``.
+        patch_size: the ViTs' patch size; None means 4 for ``image_size <= 64``, else 16. ViTs only accept
+            ``image_size x image_size`` inputs.
+
+    Returns:
+        The backbone, an ``nn.Module`` with an int attribute ``num_features`` (its output width).
+
+    Raises:
+        BadInputError: an unknown name, or an argument that is not a positive integer or that the
+            backbone does not use (a ``ValueError``).
     """
     check_backbone_name(name)
     for arg, value in (("in_channels", in_channels), ("image_size", image_size), ("patch_size", patch_size)):

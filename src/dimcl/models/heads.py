@@ -44,6 +44,23 @@ def mlp(
     activation``. ``activation`` is "relu" or "gelu". The last layer is ``Linear(bias=last_bias)``, or,
     with ``last_norm``, ``Linear(bias=False) -> BatchNorm1d(out_dim, affine=last_norm_affine)``.
     ``num_layers=1`` is a single linear layer and ignores ``hidden_dim``.
+
+    Args:
+        in_dim: the input's width.
+        hidden_dim: the hidden layers' width.
+        out_dim: the output's width.
+        num_layers: the number of linear layers, >= 1.
+        last_norm: end with a batch norm after a bias-free linear layer.
+        last_norm_affine: that batch norm's affine parameters.
+        last_bias: the last linear layer's bias (without ``last_norm``).
+        hidden_norm: batch norm in the hidden layers.
+        activation: ``"relu"`` or ``"gelu"``.
+
+    Returns:
+        The head, an ``nn.Sequential``.
+
+    Raises:
+        ValueError: a width or ``num_layers`` that is not a positive integer, or an unknown activation.
     """
     for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
