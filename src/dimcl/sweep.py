@@ -225,8 +225,11 @@ def _read_stages(path: Path, data: dict[str, Any], spec: SweepSpec) -> None:
             (chosen.add if data[e.grid_flag] else chosen.discard)(e.name)
         for key, option in e.grid_options.items():
             if key in data:
-                value = data[key]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                value, choices = data[key], e.grid_choices.get(key)
+                if choices is not None:
+                    if value not in choices:
+                        raise bad(key, value, f"one of {', '.join(choices)}")
+                elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise bad(key, value, "a positive int")
                 spec.options.setdefault(e.name, {})[option] = value
     names = data.get("evaluations", [])

@@ -28,6 +28,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dimcl.errors import ConfigError
+from dimcl.eval.embedding import (
+    DEFAULT_EMBEDDING_IMAGES,
+    EMBEDDINGS,
+    check_embedding,
+    embedding_files,
+    embedding_map,
+)
 from dimcl.eval.evaluate import evaluate
 from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
 from dimcl.trained import load_trained_method
@@ -170,11 +177,13 @@ def fixed_eval_batch(dataset: Dataset, num_images: int = DEFAULT_IMAGES) -> Tens
     return torch.stack([dataset[i][0] for i in range(count)])
 
 
-def _diagnose_run(run: RunToEvaluate, device: str | torch.device = "cpu", num_images: int = DEFAULT_IMAGES
-                  ) -> dict[str, Any]:
+def _diagnose_run(run: RunToEvaluate, device: str | torch.device = "cpu", num_images: int = DEFAULT_IMAGES,
+                  embedding: str | None = None, embedding_images: int = DEFAULT_EMBEDDING_IMAGES) -> dict[str, Any]:
     if num_images < 2:
         raise ConfigError(f"--images got {num_images}; the diagnostics need at least 2 images (default "
                           f"{DEFAULT_IMAGES})")
+    if embedding is not None:
+        check_embedding(embedding, embedding_images)  # before any work: a missing umap-learn is said at once
     method, backbone, _ = load_trained_method(run.path)
     images = fixed_eval_batch(run.labelled[1], num_images)
     if method is not None:
@@ -191,12 +200,20 @@ def _diagnose_run(run: RunToEvaluate, device: str | torch.device = "cpu", num_im
             method.eval()
             features["projector"] = method.projector(features["backbone"])
     plot_diagnostics(features, run.out_dir)
+    if embedding is not None:
+        result["embedding"] = embedding_map(backbone, run, embedding, embedding_images, device)
     return result
 
 
 def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, dest="num_images",
                         help=f"evaluation images to analyse (default {DEFAULT_IMAGES})")
+    parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default=None,
+                        help="also draw a 2-D map of the backbone features, coloured by class: t-SNE (scikit-learn) "
+                        "or UMAP (pip install 'dimcl[umap]'); writes embedding_<method>.png and .json")
+    parser.add_argument("--embedding-images", type=int, default=DEFAULT_EMBEDDING_IMAGES, dest="embedding_images",
+                        help="evaluation images on the map, the same seeded draw for every run and seed "
+                        f"(default {DEFAULT_EMBEDDING_IMAGES})")
 
 
 _diversity_column = partial(Column, per_epoch=True)
@@ -207,7 +224,8 @@ ANALYZE = register(Evaluation(
     help="feature-diversity diagnostics of a run",
     description="Mean |correlation| between dimensions, effective rank (RankMe), collapsed dimensions and the "
     "singular-value spectrum of backbone features and projector outputs on a fixed evaluation batch; writes "
-    "diversity.json and PNG plots.",
+    "diversity.json and PNG plots. --embedding tsne|umap adds a 2-D map of the backbone features of a fixed, "
+    "seeded set of evaluation images (docs/eval-embedding.md).",
     run=_diagnose_run,
     columns=(
         _diversity_column("backbone_effective_rank", "backbone eff. rank", 1, compared=True),
@@ -221,7 +239,11 @@ ANALYZE = register(Evaluation(
     add_arguments=_analyze_arguments,
     grid_flag="diagnose",
     grid_default=True,
-    grid_options={"diagnose_images": "num_images"},
+    grid_options={"diagnose_images": "num_images", "embedding": "embedding", "embedding_images": "embedding_images"},
+    grid_choices={"embedding": tuple(EMBEDDINGS)},
+    # plot_diagnostics' figures (of the backbone and, with a checkpoint, the projector) and the maps
+    outputs=("spectrum.png", "correlation_backbone.png", "correlation_projector.png",
+             *(file for method in EMBEDDINGS for file in embedding_files(method))),
 ))
 
 
@@ -230,14 +252,19 @@ def diagnose_run(
     num_images: int = DEFAULT_IMAGES,
     device: str | torch.device = "cpu",
     out_dir: str | Path | None = None,
+    embedding: str | None = None,
+    embedding_images: int = DEFAULT_EMBEDDING_IMAGES,
 ) -> dict[str, Any]:
     """:func:`diagnose` of a run's final model on the first ``num_images`` images of its eval split
     (``dimcl analyze``; :func:`dimcl.eval.evaluate.evaluate` with ``"analyze"``).
 
     Writes ``diversity.json`` and the plots to ``out_dir`` (default: the run directory) and returns the
     figures. Only ``backbone_*`` figures when the run kept no checkpoint (the projector is not exported).
+    ``embedding`` (``"tsne"`` or ``"umap"``) also maps the backbone features of ``embedding_images``
+    evaluation images (:func:`dimcl.eval.embedding.embedding_map`); the result's ``embedding`` says what was made.
     """
-    return evaluate(ANALYZE.name, path, device=device, out_dir=out_dir, num_images=num_images)
+    return evaluate(ANALYZE.name, path, device=device, out_dir=out_dir, num_images=num_images, embedding=embedding,
+                    embedding_images=embedding_images)
 
 
 def plot_diagnostics(features: dict[str, Tensor], out_dir: str | Path, max_dims: int = 64) -> list[Path]:

@@ -80,6 +80,11 @@ class Evaluation:
     grid_flag: str | None = None
     grid_default: bool = False
     grid_options: dict[str, str] = field(default_factory=dict)
+    #: grid keys of ``grid_options`` that take one of these words instead of a positive int
+    #: (``{"embedding": ("tsne", "umap")}``)
+    grid_choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the other files it writes beside its result file (plots): dimcl's own when a run starts over
+    outputs: tuple[str, ...] = ()
 
     @property
     def figures(self) -> tuple[str, ...]:

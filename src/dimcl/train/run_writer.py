@@ -63,7 +63,8 @@ FileIdentity = tuple[int, int, int] | None
 def run_artifacts() -> frozenset[str]:
     """The names dimcl itself writes at the top of a run directory (its files, folders and evaluation results)."""
     return frozenset({CONFIG, METRICS, BACKBONE, PROVENANCE, LOCK, BASELINES, FEATURE_CACHE, CHECKPOINT.parts[0],
-                      "logs", "tensorboard", "wandb", *(evaluation.file for evaluation in EVALUATIONS.values())})
+                      "logs", "tensorboard", "wandb", *(evaluation.file for evaluation in EVALUATIONS.values()),
+                      *(name for evaluation in EVALUATIONS.values() for name in evaluation.outputs)})
 
 
 def _artifacts_among(names: set[str]) -> set[str]:
