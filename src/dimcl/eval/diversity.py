@@ -208,9 +208,10 @@ def _diagnose_run(run: RunToEvaluate, device: str | torch.device = "cpu", num_im
 def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, dest="num_images",
                         help=f"evaluation images to analyse (default {DEFAULT_IMAGES})")
-    parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default=None,
-                        help="also draw a 2-D map of the backbone features, coloured by class: t-SNE (scikit-learn) "
-                        "or UMAP (pip install 'dimcl[umap]'); writes embedding_<method>.png and .json")
+    parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default=None, metavar="METHOD",
+                        help="also draw a 2-D map of the backbone features, coloured by class: tsne (scikit-learn's "
+                        "t-SNE) or umap (UMAP: pip install 'dimcl[umap]'); writes embedding_<method>.png and .json "
+                        "(default: no map).")
     parser.add_argument("--embedding-images", type=int, default=DEFAULT_EMBEDDING_IMAGES, dest="embedding_images",
                         help="evaluation images on the map, the same seeded draw for every run and seed "
                         f"(default {DEFAULT_EMBEDDING_IMAGES})")
