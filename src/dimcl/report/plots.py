@@ -1,14 +1,18 @@
-"""The report's per-epoch plots: one PNG per method and figure, a line per configuration (mean over seeds,
-a band of ± one std)."""
+"""The report's plots: per epoch, one PNG per method and figure, a line per configuration (mean over seeds,
+a band of ± one std); and each configuration's embedding map (``dimcl analyze --embedding``)."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from dimcl.report.runs import Group, format_value
+from dimcl.eval.diversity import ANALYZE
+from dimcl.eval.embedding import EMBEDDINGS
+from dimcl.report.runs import Group, Run, format_value
 from dimcl.report.stats import mean_std
+from dimcl.run_dir import read_result
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,3 +91,45 @@ def plots_markdown(groups: list[Group], folder: Path) -> list[str]:
             if _plot(of_method, key, ylabel, f"{method}: {ylabel} per epoch", folder / name):
                 plots.append(f"![{method}: {ylabel}]({name})")
     return ["## Per epoch", "", *(f"{p}\n" for p in plots)] if plots else []
+
+
+def _first_map(group: Group, method: str) -> tuple[Run, dict[str, Any]] | None:
+    """The group's first run, in seed order, whose analyze result records a map made with ``method`` whose
+    figure is there; with that record. A map the last ``dimcl analyze`` did not make is not the run's."""
+    for run in group.runs:
+        made = (read_result(run.path, ANALYZE.file) or {}).get("embedding")
+        if isinstance(made, dict) and made.get("method") == method and (run.path / str(made.get("figure"))).is_file():
+            return run, made
+    return None
+
+
+def embedding_markdown(groups: list[Group], folder: Path) -> list[str]:
+    """Per method and map method, each configuration's map side by side (base first), the first seed's that has
+    one, copied into ``folder`` (``embedding_<map method>_<method>_<k>.png``); their Markdown."""
+    lines: list[str] = []
+    for method in sorted({g.method for g in groups}):
+        of_method = [g for g in groups if g.method == method]
+        for kind, title in EMBEDDINGS.items():
+            found = [_first_map(g, kind) for g in of_method]
+            if not any(found):
+                continue
+            header, cells = [], []
+            for k, (group, first) in enumerate(zip(of_method, found, strict=True), 1):
+                detail = group.label.removeprefix(f"method.name={format_value(group.method)}, ")
+                header.append(("base" if group.dimcl_weight == 0 else "+DimCL") + f" ({detail})")
+                if first is None:
+                    cells.append("–")
+                    continue
+                run, made = first
+                name = f"embedding_{kind}_{_safe(method)}_{k}.png"
+                shutil.copyfile(run.path / made["figure"], folder / name)
+                cells.append(f"![{method}, {header[-1]}]({name})<br>seed {run.seed}, {made.get('images')} images")
+            lines += [f"### {method}: {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      "| " + " | ".join(cells) + " |", ""]
+    if not lines:
+        return []
+    return ["## Embedding maps", "",
+            "Each configuration's 2-D map of its backbone features (`dimcl analyze --embedding`), from the first seed "
+            "that has one: the same seeded evaluation images in every run, a point per image coloured by its class. "
+            "Which images lie together is what a map shows; distances between clusters and their sizes mean little "
+            "(docs/eval-embedding.md).", "", *lines]

@@ -1,12 +1,12 @@
 """A Markdown report, with plots, of the run directories under a folder (a sweep, or any tree of runs).
 
-Only what run directories hold is read: ``config.yaml``, ``metrics.jsonl`` and, when present,
-``knn.json``, ``linear.json`` and ``diversity.json``; and the folder's ``baselines.json`` (floors and
-ceiling, ``dimcl baselines``) when it has one. Runs are grouped by their experiment without ``seed``
-(:func:`dimcl.experiment.experiment_of`, the identity resume and sweeps use too); a key missing from
-a config saved by an older dimcl counts as its default, as when a run is resumed. For every group
-the report gives mean ± sample standard deviation over seeds; for every +DimCL group (λ > 0) with a
-matching baseline (λ = 0, same configuration apart from ``dimcl.*``) it gives the paired difference
+Only what run directories hold is read: ``config.yaml``, ``metrics.jsonl`` and, when present, ``knn.json``,
+``linear.json`` and ``diversity.json`` (and the embedding map it records, shown per group); and the folder's
+``baselines.json`` (floors and ceiling, ``dimcl baselines``) when it has one. Runs are grouped by their
+experiment without ``seed`` (:func:`dimcl.experiment.experiment_of`, the identity resume and sweeps use
+too); a key missing from a config saved by an older dimcl counts as its default, as when a run is resumed.
+For every group the report gives mean ± sample standard deviation over seeds; for every +DimCL group (λ > 0)
+with a matching baseline (λ = 0, same configuration apart from ``dimcl.*``) it gives the paired difference
 over seeds, ``d_s = figure(+DimCL, seed s) - figure(base, seed s)``, with the 95% confidence interval
 ``mean(d) ± t(0.975, n - 1) · sd(d) / sqrt(n)`` of Student's t distribution.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import read_baselines
 from dimcl.errors import BadInputError
-from dimcl.report.plots import plots_markdown
+from dimcl.report.plots import embedding_markdown, plots_markdown
 from dimcl.report.runs import (
     Comparison,
     Group,
@@ -152,7 +152,8 @@ def build_report(
     ``include_unfinished``.
 
     ``out_path`` defaults to ``<sweep_dir>/report.md``; the PNG plots (``knn_top1_<method>.png``, and
-    ``effective_rank_<method>.png`` when the metrics hold ``backbone_effective_rank``) go next to it.
+    ``effective_rank_<method>.png`` when the metrics hold ``backbone_effective_rank``) go next to it, and so do
+    copies of the embedding maps it shows (``embedding_<map method>_<method>_<k>.png``).
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -180,6 +181,7 @@ def build_report(
     lines += _groups_table(groups)
     lines += _paired_table(comparisons, groups)
     lines += plots_markdown(groups, out_path.parent)
+    lines += embedding_markdown(groups, out_path.parent)
     lines += _notes(groups, notes)
     markdown = "\n".join(lines).rstrip() + "\n"
     out_path.write_text(markdown)
