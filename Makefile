@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test lint demo bench quality study clean
+.PHONY: test lint demo docs tutorial bench quality study clean
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
@@ -15,10 +16,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 
 test: lint
 	$(PY) -m pytest -q --durations=10
+
+# The documentation site (mkdocs.yml) into site/; open site/index.html. --strict: a broken link, a page missing
+# from docs/README.md or a docstring reference that does not resolve fails the build. The docs extra on first use.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# Rerun the tutorial notebook in place on the real Fashion-MNIST (about a minute), after editing a cell.
+tutorial: $(STAMP)
+	$(PY) tools/run_tutorial.py
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package; installed here when missing and root.
 demo: $(STAMP)
@@ -42,4 +56,4 @@ study: $(STAMP)
 	bash benchmarks/quality/full/run.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info site .cache
