@@ -29,17 +29,9 @@ def _load(name: str):
 hooks = _load("mkdocs_hooks")
 
 
-def _pages(nav: list) -> list[str]:
-    out = []
-    for entry in nav:
-        for value in entry.values():
-            out.extend(_pages(value) if isinstance(value, list) else [value])
-    return out
-
-
 def test_the_nav_is_docs_readme_and_holds_every_page():
     nav = hooks.nav_from_index((DOCS / "README.md").read_text())
-    pages = _pages(nav)
+    pages = [page for _, page in hooks._titled_pages(nav)]
     assert pages[0] == "README.md" and len(pages) == len(set(pages))
     on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*") if p.suffix in (".md", ".ipynb")}
     assert set(pages) == on_disk, f"pages that docs/README.md does not link: {sorted(on_disk - set(pages))}"

@@ -71,20 +71,24 @@ def _title(link_text: str) -> str:
     return plain[:1].upper() + plain[1:] if first.isalpha() and first.islower() else plain
 
 
-def home_start(readme: str) -> str:
-    """The repository README from its title to the end of its quick start, links made right for the site."""
+def home_start(readme: str, titles: dict[str, str] | None = None) -> str:
+    """The repository README from its title to the end of its quick start, links made right for the site.
+
+    A link whose text is its path (``[docs/method.md](docs/method.md)``) takes the page's title in ``titles``.
+    """
     sections = re.split(r"(?m)^(?=## )", readme)
     quick = next((s for s in sections if s.startswith("## Quick start")), "")
-    return _site_links(sections[0] + quick).rstrip() + "\n\n"
+    return _site_links(sections[0] + quick, titles or {}).rstrip() + "\n\n"
 
 
-def _site_links(markdown: str) -> str:
+def _site_links(markdown: str, titles: dict[str, str]) -> str:
     def relink(match: re.Match) -> str:
         text, target = match.groups()
         if target.startswith(("http://", "https://", "#")):
             return match.group(0)
         if target.startswith("docs/"):
-            return f"[{text}]({target.removeprefix('docs/') or INDEX})"
+            page = target.removeprefix("docs/") or INDEX
+            return f"[{titles.get(page, text) if text == target else text}]({page})"
         return text
 
     return ANY_LINK.sub(relink, markdown)
@@ -102,7 +106,16 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
     readme = Path(config["docs_dir"]).parent / "README.md"
     # docs/README.md's own title gives way to the README's: the home page reads as the project's front page
     body = re.sub(r"\A# .*\n", "## The documentation\n", markdown, count=1)
-    return home_start(readme.read_text()) + body
+    titles = {page: title for title, page in _titled_pages(config["nav"])}
+    return home_start(readme.read_text(), titles) + body
+
+
+def _titled_pages(nav: list) -> list[tuple[str, str]]:
+    out = []
+    for entry in nav:
+        for title, value in entry.items():
+            out.extend(_titled_pages(value) if isinstance(value, list) else [(title, value)])
+    return out
 
 
 def on_page_content(html, page, config, files, **kwargs):

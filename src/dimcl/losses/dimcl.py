@@ -13,7 +13,7 @@ For the projector outputs of two views ``z1, z2`` of shape (N, D):
 4. InfoNCE with temperature τ: the positive of vector i is the same dimension in the other view,
    the negatives are the other 2D - 2 vectors, and the self-similarity is left out:
 
-       L = -1/(2D) Σ_i log( exp(s_i,p(i)/τ) / Σ_{j≠i} exp(s_ij/τ) )
+        L = -1/(2D) Σ_i log( exp(s_i,p(i)/τ) / Σ_{j≠i} exp(s_ij/τ) )
 
 The softmax gives each negative a gradient weight that grows with its similarity (hardness-aware).
 The uniform ablation keeps the positives and negatives but weighs every negative equally:
