@@ -12,7 +12,7 @@ SRC = Path(__file__).parents[1] / "src"
 #: the layers of docs/architecture.md, bottom first: a module may import its own layer and those below
 LAYERS = (
     ("dimcl.version", "dimcl.errors", "dimcl.files", "dimcl.yaml_files", "dimcl.names", "dimcl.schedules",
-     "dimcl.distributed", "dimcl.provenance"),
+     "dimcl.seeds", "dimcl.distributed", "dimcl.provenance"),
     ("dimcl.config_checks", "dimcl.config", "dimcl.experiment"),
     ("dimcl.data", "dimcl.models", "dimcl.losses"),
     ("dimcl.methods",),

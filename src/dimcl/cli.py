@@ -51,9 +51,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dimcl.eval import evaluate
 
-    common = {"command", "func", "ckpt", "device", "out"}
+    common = {"command", "func", "ckpt", "device", "out", "overrides"}
     options = {k: v for k, v in vars(args).items() if k not in common}
-    result = evaluate(args.command, args.ckpt, device=args.device, out_dir=args.out, **options)
+    result = evaluate(args.command, args.ckpt, device=args.device, out_dir=args.out, overrides=args.overrides,
+                      **options)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -190,12 +191,16 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
 
     from dimcl.eval.registry import EVALUATIONS
 
-    for evaluation in EVALUATIONS.values():
-        p = sub.add_parser(evaluation.name, help=evaluation.help, description=evaluation.description)
+    for evaluation in (e for e in EVALUATIONS.values() if e.command):
+        p = sub.add_parser(evaluation.name, help=evaluation.help, description=evaluation.description,
+                           usage=f"dimcl {evaluation.name} --ckpt RUN [options] [KEY=VALUE ...]")
         p.add_argument("--ckpt", required=True, help="a run directory, or a checkpoint / backbone file inside one")
         evaluation.add_arguments(p)
         p.add_argument("--device", default="cpu", type=_device, help="torch device (default: cpu)")
         p.add_argument("--out", help=f"folder for {evaluation.file} (default: the run directory)")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="data.* / eval.* overrides: score other images (data.name=cifar10 data.root=DIR, "
+                       "eval.classes=[5,6,7,8,9]); needs --out")
         p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("baselines", help="raw-pixel and random-init floors and a supervised ceiling",

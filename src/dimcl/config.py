@@ -96,6 +96,9 @@ class DataConfig:
     #: for every seed): pretraining, the kNN bank and the linear probe use the rest, and every evaluation
     #: scores the held-out images instead of the test split. For tuning recipes without seeing the test set.
     val_size: int = 0
+    #: pretrain on the images of these classes only (labels, e.g. [0, 1, 2, 3, 4]); null: every image. The
+    #: evaluations then use these classes too, unless eval.classes names others
+    classes: list[int] | None = None
     #: per device
     batch_size: int = 256
     #: loader worker processes per device (0: load in the training process)
@@ -232,6 +235,9 @@ class EvalConfig:
     diagnose_every: int = 1
     #: the fixed evaluation images the diversity figures are computed on
     diagnose_images: int = 1024
+    #: evaluate on the images of these classes only: the kNN bank, the probes' training images and the scored
+    #: images (e.g. pretrain with data.classes=[0,1,2,3,4], evaluate on [5,6,7,8,9]); null: data.classes
+    classes: list[int] | None = None
 
 
 @dataclass

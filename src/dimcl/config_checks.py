@@ -67,6 +67,16 @@ def _check_data(d: Any) -> None:
         d.val_size >= 0, "data.val_size", d.val_size,
         "it must be >= 0 (0: evaluate on the test split, N: on N images held out from the training split)",
     )
+    check_classes(d.classes, "data.classes")
+
+
+def check_classes(classes: Any, key: str) -> None:
+    """``data.classes`` / ``eval.classes``: null, or a non-empty list of distinct labels (integers >= 0)."""
+    require(
+        classes is None or (isinstance(classes, list) and len(classes) > 0 and len(set(classes)) == len(classes)
+                            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)),
+        key, classes, "it must be null or a non-empty list of distinct class labels (integers >= 0), e.g. [0, 1, 2]",
+    )
 
 
 def _check_trainer(t: Any) -> None:
@@ -111,6 +121,7 @@ def _check_eval(e: Any) -> None:
     require(e.diagnose_every >= 1, "eval.diagnose_every", e.diagnose_every, "it must be >= 1")
     require(e.diagnose_images >= 2, "eval.diagnose_images", e.diagnose_images, "it must be >= 2")
     require(e.knn_temperature > 0, "eval.knn_temperature", e.knn_temperature, "it must be > 0")
+    check_classes(e.classes, "eval.classes")
 
 
 #: augment keys that are not per-view augmentation strengths

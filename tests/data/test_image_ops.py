@@ -79,7 +79,11 @@ def test_as_image_tensor_accepts_pil_and_grayscale_files() -> None:
     out = as_image_tensor(Image.new("RGB", (5, 4), (1, 2, 3)), 3)
     assert out.shape == (3, 4, 5) and out.dtype == torch.uint8 and out[:, 0, 0].tolist() == [1, 2, 3]
     assert as_image_tensor(torch.zeros(4, 5, dtype=torch.uint8), 3).shape == (3, 4, 5)
+    # an RGB image for a grayscale backbone (a transfer evaluation) becomes its luma, still uint8
+    gray = as_image_tensor(Image.new("RGB", (5, 4), (200, 100, 50)), 1)
+    assert gray.shape == (1, 4, 5) and gray.dtype == torch.uint8
+    assert gray[0, 0, 0].item() == round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)
     with pytest.raises(ValueError, match="1-channel images"):
-        as_image_tensor(torch.zeros(3, 4, 5), 1)
+        as_image_tensor(torch.zeros(4, 4, 5), 1)
     with pytest.raises(TypeError, match="PIL image"):
         as_image_tensor([[0]], 1)

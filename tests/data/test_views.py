@@ -80,8 +80,10 @@ def test_views_of_pil_images_and_grayscale_files() -> None:
     gray = torch.full((1, 50, 60), 77, dtype=torch.uint8)  # a 1-channel image in an RGB dataset
     out = view(gray)
     assert out.shape == (3, 224, 224)
+    # an RGB image in a grayscale dataset is made its luma (what a transfer evaluation feeds a grayscale backbone)
+    assert build_view_transform(byol_view_configs(FASHION)[0], FASHION)(random_image(3, 28)).shape == (1, 28, 28)
     with pytest.raises(ValueError, match="1-channel images"):
-        build_view_transform(byol_view_configs(FASHION)[0], FASHION)(random_image(3, 28))
+        build_view_transform(byol_view_configs(FASHION)[0], FASHION)(random_image(4, 28))
 
 
 def test_views_are_reproducible_under_manual_seed() -> None:

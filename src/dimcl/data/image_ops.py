@@ -39,6 +39,9 @@ def as_image_tensor(image: Any, channels: int) -> Tensor:
     if image.shape[0] != channels:
         if image.shape[0] == 1 and channels == 3:  # a grayscale file in an RGB dataset
             image = image.expand(3, -1, -1)
+        elif image.shape[0] == 3 and channels == 1:  # an RGB image for a grayscale backbone (transfer): its luma
+            gray = luma(image.float())
+            image = gray.round_().clamp_(0, 255).to(torch.uint8) if image.dtype == torch.uint8 else gray
         else:
             raise ValueError(f"expected {channels}-channel images, got shape {tuple(image.shape)}")
     return image

@@ -14,12 +14,19 @@ Which images each split holds:
 - ``data.subset`` keeps a seeded subset (the run's seed) of the pretraining images that remain.
 - ``data.eval_subset`` keeps a seeded subset of each of the labelled and the evaluation split; one
   larger than a split means the whole split.
+- ``data.classes`` keeps the pretraining images of those classes (after the hold-out, before
+  ``data.subset``); ``eval.classes`` (default: ``data.classes``) keeps the labelled and the evaluation
+  images of its classes (before ``data.eval_subset``). Labels keep their values.
+
+A backbone trained on one dataset can be scored on another (:func:`run_splits` with ``trained``): the images
+are then fed as the backbone was trained, with its channel count (RGB made luma, grayscale repeated), its
+input side and its normalisation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -75,23 +82,63 @@ def _labelled_prefix(pretrain_split: Dataset) -> int:
     return count
 
 
+def of_classes(dataset: Dataset, classes: list[int] | None, key: str) -> Dataset:
+    """The items of ``dataset`` whose label is one of ``classes`` (None: ``dataset`` itself)."""
+    if classes is None:
+        return dataset
+    labels = labels_of(dataset)
+    if labels is None:
+        raise ConfigError(f"{key}={classes} needs the images' labels, and this dataset has none that can be read")
+    present = set(torch.unique(labels[labels >= 0]).tolist())
+    missing = sorted(set(classes) - present)
+    if missing:
+        raise ConfigError(
+            f"{key}={classes}: the split has no image of class {', '.join(map(str, missing))}; its classes are "
+            f"{sorted(present)}"
+        )
+    keep = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
+    return Subset(dataset, torch.nonzero(keep).flatten().tolist())
+
+
+@dataclass(frozen=True)
+class BackboneInput:
+    """What a trained backbone is fed: its channel count, normalisation and input side (a transfer
+    evaluation feeds another dataset's images this way)."""
+
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+
+
 @dataclass(frozen=True)
 class RunSplits:
-    """The splits of one run, from its ``data`` and ``augment`` sections and its ``seed`` (see the module
-    docstring); build it with :func:`run_splits`."""
+    """The splits of one run, from its ``data`` and ``augment`` sections, its ``seed`` and ``eval.classes``
+    (see the module docstring); build it with :func:`run_splits`."""
 
     data: DataConfig
     augment: AugmentConfig
     seed: int
+    eval_classes: list[int] | None = None
+    #: a backbone trained on another dataset: its images are fed as that backbone expects (None: this one's)
+    fed_as: BackboneInput | None = None
 
     @property
     def info(self) -> DatasetInfo:
         return dataset_info(self.data.name)
 
     @property
+    def transform_info(self) -> DatasetInfo:
+        """The dataset's info with the channels and normalisation the images are fed with (its own unless
+        ``fed_as``): what the transforms are built from."""
+        if self.fed_as is None:
+            return self.info
+        return replace(self.info, in_channels=self.fed_as.in_channels, mean=self.fed_as.mean, std=self.fed_as.std)
+
+    @property
     def crop_size(self) -> int:
         """The side of the global views and of the evaluation images."""
-        return crop_size_of(self.augment, self.info)
+        return self.fed_as.image_size if self.fed_as is not None else crop_size_of(self.augment, self.info)
 
     @property
     def views(self) -> list[ViewConfig]:
@@ -111,12 +158,14 @@ class RunSplits:
         """
         if transform is None:
             transform = self._pretrain_transform()
-        if not self.data.val_size:
+        if not self.data.val_size and self.data.classes is None:
             return self._open("pretrain", transform, subset=self.data.subset, seed=self.seed)
-        full = self._open("pretrain", transform)
-        kept, _ = validation_split(_labelled_prefix(full), self.data.val_size)
-        num_train = len(kept) + self.data.val_size
-        remaining = Subset(full, kept + list(range(num_train, len(full))))
+        remaining = full = self._open("pretrain", transform)
+        if self.data.val_size:
+            kept, _ = validation_split(_labelled_prefix(full), self.data.val_size)
+            num_train = len(kept) + self.data.val_size
+            remaining = Subset(full, kept + list(range(num_train, len(full))))
+        remaining = of_classes(remaining, self.data.classes, "data.classes")
         return _seeded_subset_of(remaining, self.data.subset, self.seed, "data.subset")
 
     def _pretrain_transform(self) -> Transform:
@@ -134,13 +183,16 @@ class RunSplits:
         """(labelled training images, evaluation images), with ``transform`` or the deterministic
         evaluation transform (see the module docstring for which images each holds)."""
         if transform is None:
-            transform = eval_transform(self.info, self.crop_size)
+            transform = eval_transform(self.transform_info, self.crop_size)
         train = self._open("train", transform)
         if self.data.val_size:
             kept, held_out = validation_split(len(train), self.data.val_size)
             train, evaluation = Subset(train, kept), Subset(train, held_out)
         else:
             evaluation = self._open("eval", transform)
+        classes, key = (self.eval_classes, "eval.classes") if self.eval_classes is not None else (
+            self.data.classes, "data.classes")
+        train, evaluation = of_classes(train, classes, key), of_classes(evaluation, classes, key)
         n = self.data.eval_subset
         # Subsets are drawn from the opened splits: opening them a second time would read the files again.
         return tuple(d if n is None or n >= len(d) else seeded_subset(d, n, self.seed) for d in (train, evaluation))
@@ -164,6 +216,20 @@ class RunSplits:
         return count
 
 
-def run_splits(cfg: Config) -> RunSplits:
-    """The splits of the run ``cfg`` describes (nothing is opened yet)."""
-    return RunSplits(cfg.data, cfg.augment, cfg.seed)
+def run_splits(cfg: Config, trained: Config | None = None) -> RunSplits:
+    """The splits of the run ``cfg`` describes (nothing is opened yet).
+
+    ``trained``: the config of the run whose backbone is evaluated, when ``cfg`` names another dataset (a
+    transfer evaluation): the images are fed with that backbone's channels, input side and normalisation.
+    """
+    fed_as = None
+    if trained is not None and trained.data.name != cfg.data.name:
+        own = run_splits(trained)
+        for info in (own.info, dataset_info(cfg.data.name)):
+            if info.in_channels not in (1, 3):
+                raise ConfigError(
+                    f"dataset '{info.name}' has {info.in_channels}-channel images; a transfer evaluation converts "
+                    "between grayscale (1) and RGB (3) only"
+                )
+        fed_as = BackboneInput(own.info.in_channels, own.info.mean, own.info.std, own.crop_size)
+    return RunSplits(cfg.data, cfg.augment, cfg.seed, cfg.eval.classes, fed_as)

@@ -67,6 +67,14 @@ class ViewConfig:
             raise ConfigError(f"view hue must lie in [0, 0.5] (0 turns it off), got {self.hue}.")
 
 
+def crop_and_flip_view(crop_size: int, crop_scale: tuple[float, float]) -> ViewConfig:
+    """A random-resized crop of ``crop_scale`` and a horizontal flip, every colour operation off: the
+    augmentation of training with labels (the supervised reference, fine-tuning, the augmented linear probe)."""
+    return ViewConfig(
+        crop_size, crop_scale, horizontal_flip=0.5, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+        color_jitter_prob=0.0, grayscale_prob=0.0, gaussian_blur_prob=0.0, solarization_prob=0.0,
+    )
+
 def _pair(name: str, value: tuple[float, ...]) -> tuple[float, float]:
     if len(value) != 2:
         raise ConfigError(f"view {name} must be two numbers (min, max), got {value}.")

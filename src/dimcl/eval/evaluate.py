@@ -8,18 +8,39 @@ evaluation that needs labels, runs the evaluation and writes its result file ato
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dimcl.config import Config, make_config
 from dimcl.data import run_splits
 from dimcl.errors import ConfigError
 from dimcl.eval.registry import EVALUATIONS, RunToEvaluate
 from dimcl.files import check_output_folder, write_probe
+from dimcl.recipes import check_names
 from dimcl.run_dir import FEATURE_CACHE, hold_run_dir, load_run_config, write_result
 from dimcl.trained import run_dir_of
+
+#: what an evaluation's overrides may change: the images it scores and how, never the trained run
+EVALUATION_OVERRIDES = ("data.", "eval.")
+
+
+def evaluation_config(trained: Config, overrides: Sequence[str]) -> Config:
+    """The run's config with ``data.*`` / ``eval.*`` overrides: the images an evaluation scores (another
+    dataset, other classes) and its settings; any other key is bad input."""
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if "=" not in text or not key.startswith(EVALUATION_OVERRIDES):
+            raise ConfigError(
+                f"an evaluation takes data.* and eval.* overrides (the images it scores, e.g. data.name=cifar10 "
+                f"data.root=DIR or eval.classes=[5,6,7,8,9]), got '{text}'; the trained run cannot be changed here"
+            )
+    cfg = make_config(trained.to_dict(), overrides)
+    check_names(cfg)
+    return cfg
 
 
 def evaluate(
@@ -27,25 +48,37 @@ def evaluate(
     path: str | Path,
     device: str | torch.device = "cpu",
     out_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
     """Run evaluation ``name`` on the run at ``path`` (a run directory, or a checkpoint / backbone file
     inside one) and write its result file into ``out_dir`` (default: the run directory); returns the result.
 
     ``options`` are the evaluation's own (``epochs=`` for ``linear``, ``num_images=`` for ``analyze``, ...).
+    ``overrides`` (``data.*`` / ``eval.*`` keys, :func:`evaluation_config`) score the backbone on other
+    images: another labelled dataset (fed with the backbone's channels, input side and normalisation) or
+    other classes. Such a result describes other images than the run's own, so it goes to ``out_dir``, which
+    must then be given, and it records the overrides; the run's feature cache is not used.
     """
     evaluation = EVALUATIONS[name]
+    file = evaluation.result_file(options)
     run_dir = run_dir_of(path)
+    if overrides and out_dir is None:
+        raise ConfigError(
+            f"dimcl {name} with overrides ({' '.join(overrides)}) scores other images than the run's own: give "
+            f"--out FOLDER for its {file}, so the run's own result is not replaced"
+        )
     target = run_dir if out_dir is None else Path(out_dir)
     if out_dir is not None:
         check_output_folder(target)
-    cfg = load_run_config(run_dir)
-    splits = run_splits(cfg)
+    trained = load_run_config(run_dir)
+    cfg = evaluation_config(trained, overrides) if overrides else trained
+    splits = run_splits(cfg, trained=trained)
     labelled = splits.labelled()
     num_classes = splits.class_count(labelled[0], name) if evaluation.needs_labels else splits.num_classes(labelled[0])
     writable = write_probe(run_dir) is None
     if target == run_dir and not writable:
-        raise ConfigError(f"the run directory '{run_dir}' is read-only, so {evaluation.file} cannot be written "
+        raise ConfigError(f"the run directory '{run_dir}' is read-only, so {file} cannot be written "
                           "there; give --out FOLDER for the result")
     with ExitStack() as held:
         # Everything that writes into a run directory holds its lock (a second writer is refused by name);
@@ -57,8 +90,10 @@ def evaluate(
         if target != run_dir:
             target.mkdir(parents=True, exist_ok=True)
             held.enter_context(hold_run_dir(target))
-        cache = run_dir / FEATURE_CACHE if writable else None
+        cache = run_dir / FEATURE_CACHE if writable and not overrides else None
         run = RunToEvaluate(Path(path), run_dir, cfg, splits, labelled, num_classes, target, cache)
         result = evaluation.run(run, device=device, **options)
-        write_result(target, evaluation.file, result)
+        if overrides:
+            result = {**result, "overrides": list(overrides)}
+        write_result(target, file, result)
     return result

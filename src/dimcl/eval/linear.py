@@ -21,20 +21,23 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from dimcl.config import Config, ConfigError
-from dimcl.data import ViewConfig, build_view_transform, run_splits
+from dimcl.data import RunSplits, build_view_transform, run_splits
+from dimcl.data.label_budget import LABELS_SEED, budget_record, few_label_indices, parse_label_budget
+from dimcl.data.view_config import crop_and_flip_view
 from dimcl.eval.evaluate import evaluate
 from dimcl.eval.features import cached_eval_features
 from dimcl.eval.knn import extract_features
-from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, register
+from dimcl.eval.registry import Column, Evaluation, RunToEvaluate, labels_variant, register
 from dimcl.schedules import cosine
 from dimcl.trained import load_trained_backbone
 
@@ -56,7 +59,7 @@ AUGMENTED = {"lr": 0.1, "weight_decay": 0.0, "batch_size": 256}
 
 
 @torch.no_grad()
-def _accuracy(logits: Tensor, labels: Tensor) -> tuple[float, float]:
+def accuracy(logits: Tensor, labels: Tensor) -> tuple[float, float]:
     """Top-1 and top-min(5, C) accuracy in percent; ``logits (N, C)``, ``labels (N,)``."""
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, k)
     hits = top == labels[:, None]
@@ -146,25 +149,22 @@ def train_linear_probe(
             step += 1
 
     with torch.no_grad():
-        top1, top5 = _accuracy(classifier(test_x), test_labels)
-        train_top1, _ = _accuracy(classifier(train_x), train_labels)
+        top1, top5 = accuracy(classifier(test_x), test_labels)
+        train_top1, _ = accuracy(classifier(train_x), train_labels)
     return {"top1": top1, "top5": top5, "train_top1": train_top1}
 
 
 # ---------------------------------------------------------------------------------- augmented protocol
 
 
-def _augmented_train_set(cfg: Config) -> Dataset:
-    """The labelled training split (``data.eval_subset`` as in ``run_splits(cfg).labelled()``) with crop + flip."""
-    splits = run_splits(cfg)
-    size = splits.crop_size
-    # Random-resized crop and horizontal flip only: no colour jitter, grayscale, blur or solarization.
-    view = ViewConfig(
-        size, (0.08, 1.0), horizontal_flip=0.5, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
-        color_jitter_prob=0.0, grayscale_prob=0.0, gaussian_blur_prob=0.0, solarization_prob=0.0,
-    )
+def augmented_train_set(splits: RunSplits, indices: list[int] | None = None) -> Dataset:
+    """The labelled training split (``data.eval_subset`` as in ``splits.labelled()``; only ``indices`` of it
+    when given: a few-label subset) with a random-resized crop (scale 0.08-1) and a horizontal flip, the
+    evaluation-time augmentations of the augmented linear probe and of fine-tuning."""
+    view = crop_and_flip_view(splits.crop_size, (0.08, 1.0))
     # The same images (validation hold-out, seeded subset) as the evaluation splits, so both protocols agree.
-    return splits.labelled(build_view_transform(view, splits.info))[0]
+    train = splits.labelled(build_view_transform(view, splits.transform_info))[0]
+    return train if indices is None else Subset(train, indices)
 
 
 def augmented_linear_eval(
@@ -177,16 +177,20 @@ def augmented_linear_eval(
     weight_decay: float = AUGMENTED["weight_decay"],
     batch_size: int = AUGMENTED["batch_size"],
     seed: int = 0,
+    splits: RunSplits | None = None,
+    indices: list[int] | None = None,
 ) -> dict[str, float]:
     """The standard linear evaluation on augmented images (see the module docstring).
 
     The backbone stays frozen and in eval mode (its BatchNorm statistics are not updated); only
     ``BatchNorm1d(F, affine=False) -> Linear(F, C)`` is trained, with cross-entropy, SGD (momentum 0.9,
-    ``weight_decay``) and the per-step cosine rate ``lr * (1 + cos(pi t / T)) / 2``. Returns ``top1``,
-    ``top5`` on the evaluation split and ``train_top1`` (on the augmented batches, last epoch).
+    ``weight_decay``) and the per-step cosine rate ``lr * (1 + cos(pi t / T)) / 2``. ``splits`` default to
+    ``run_splits(cfg)``; ``indices`` keep only those images of the labelled training split (few labels).
+    Returns ``top1``, ``top5`` on the evaluation split and ``train_top1`` (on the augmented batches, last
+    epoch).
     """
-    train_set = _augmented_train_set(cfg)
-    splits = run_splits(cfg)
+    splits = splits if splits is not None else run_splits(cfg)
+    train_set = augmented_train_set(splits, indices)
     eval_set = splits.labelled()[1]
     num_classes = splits.class_count(train_set, "linear evaluation")
     torch.manual_seed(seed)  # the crops are drawn from the global generator (the workers' from the loader's)
@@ -229,7 +233,7 @@ def augmented_linear_eval(
         backbone.train(was_training)
     head.eval()
     with torch.no_grad():
-        top1, top5 = _accuracy(head(test_features.to(device)), test_labels.to(device))
+        top1, top5 = accuracy(head(test_features.to(device)), test_labels.to(device))
     return {"top1": top1, "top5": top5, "train_top1": 100.0 * correct / max(seen, 1)}
 
 
@@ -243,32 +247,58 @@ def _linear_of_run(
     epochs: int = 100,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    labels: str | None = None,
 ) -> dict[str, Any]:
     if protocol not in ("fast", "augmented"):
         raise ConfigError(f"linear protocol '{protocol}' is unknown; choose 'fast' (cached features) or 'augmented'")
     if epochs < 1:
         raise ConfigError(f"--epochs got {epochs}; the linear probe trains for at least 1 epoch")
-    backbone, cfg = load_trained_backbone(run.path)
+    budget = parse_label_budget(labels) if labels is not None else None
+    backbone, _ = load_trained_backbone(run.path)
     backbone.to(device)
     train_set, eval_set = run.labelled
+    indices = few_label_indices(train_set, budget) if budget is not None else None
     if protocol == "fast":
         settings: dict[str, Any] = dict(epochs=epochs, seed=seed, **FAST)
-        features = cached_eval_features(backbone, cfg, cache_dir or run.cache_dir, device,
+        # The whole split's features (cached, shared with kNN and every label budget), then the subset's rows.
+        features = cached_eval_features(backbone, run.cfg, cache_dir or run.cache_dir, device,
                                         datasets=run.labelled)
+        if indices is not None:
+            rows = torch.as_tensor(indices)
+            features = (features[0][rows], features[1][rows], *features[2:])
         result = train_linear_probe(*features, run.num_classes, **settings)
     else:
         settings = dict(epochs=epochs, seed=seed, **AUGMENTED)
-        result = augmented_linear_eval(backbone, cfg, device, **settings)
+        result = augmented_linear_eval(backbone, run.cfg, device, splits=run.splits, indices=indices, **settings)
+    used = len(train_set) if indices is None else len(indices)
+    name = "linear" if budget is None else f"linear_{budget.tag}"
     return {
-        "linear_top1": result["top1"], "linear_top5": result["top5"], "linear_train_top1": result["train_top1"],
+        f"{name}_top1": result["top1"], f"{name}_top5": result["top5"], f"{name}_train_top1": result["train_top1"],
         "protocol": protocol, **settings, "num_classes": run.num_classes,
-        "train_size": len(train_set), "eval_size": len(eval_set),
+        **budget_record(budget, used, len(train_set)), "train_size": used, "eval_size": len(eval_set),
     }
+
+
+def labels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--labels``, shared by every evaluation that trains on labels."""
+    parser.add_argument("--labels", metavar="P%|N",
+                        help="train on a class-balanced subset of the labelled training split: a percentage "
+                        f"(1%%, 10%%) or N images in all, the same images for every run (seed {LABELS_SEED}); "
+                        "the result goes to <name>_<budget>.json (default: every label)")
+
+
+def labels_file(name: str) -> Callable[[dict[str, Any]], str]:
+    """The result file of an evaluation with ``--labels``: ``<name>.json``, or ``<name>_<budget tag>.json``."""
+    def file_for(options: dict[str, Any]) -> str:
+        labels = options.get("labels")
+        return f"{name}.json" if labels is None else f"{name}_{parse_label_budget(labels).tag}.json"
+    return file_for
 
 
 def _linear_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=["fast", "augmented"], default="fast")
     parser.add_argument("--epochs", type=int, default=100)
+    labels_argument(parser)
 
 
 LINEAR = register(Evaluation(
@@ -283,7 +313,11 @@ LINEAR = register(Evaluation(
     uses_run_dir=True,
     add_arguments=_linear_arguments,
     grid_flag="linear",
+    file_for=labels_file("linear"),
 ))
+#: the few-label probes of SimCLR's and BYOL's tables, as sweep stages and report columns
+LINEAR_1PCT = register(labels_variant(LINEAR, "1%", "1pct", order=21))
+LINEAR_10PCT = register(labels_variant(LINEAR, "10%", "10pct", order=22))
 
 
 def linear_of_run(
@@ -295,12 +329,14 @@ def linear_of_run(
     epochs: int = 100,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    labels: str | None = None,
 ) -> dict[str, Any]:
-    """Linear evaluation of a run's backbone; the result is also written to ``out_dir/linear.json``.
+    """Linear evaluation of a run's backbone; the result is also written to ``out_dir/linear.json``
+    (``linear_<budget>.json`` with ``labels``, e.g. ``"10%"``: a class-balanced subset of the training split).
 
     ``run_path`` is a run directory or a checkpoint / backbone file in one (as for ``dimcl knn``).
     ``out_dir`` defaults to the run directory, ``cache_dir`` (fast protocol's features) to
     ``<run>/features``. Keys: ``linear_top1``, ``linear_top5``, ``linear_train_top1`` and the settings.
     """
     return evaluate(LINEAR.name, run_path, device=device, out_dir=out_dir, protocol=protocol, epochs=epochs,
-                    seed=seed, cache_dir=cache_dir)
+                    seed=seed, cache_dir=cache_dir, labels=labels)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,10 +86,26 @@ class Evaluation:
     grid_choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: the other files it writes beside its result file (plots): dimcl's own when a run starts over
     outputs: tuple[str, ...] = ()
+    #: a ``dimcl <name>`` command of its own; False for a variant reached through another's options (the
+    #: 1% linear probe is ``dimcl linear --labels 1%``), which is still a sweep stage and report columns
+    command: bool = True
+    #: the result file for the given options when they change it (``--labels 10%`` -> ``linear_10pct.json``);
+    #: such files match :attr:`file_pattern`
+    file_for: Callable[[dict[str, Any]], str] | None = None
 
     @property
     def figures(self) -> tuple[str, ...]:
         return tuple(column.key for column in self.columns)
+
+    def result_file(self, options: dict[str, Any]) -> str:
+        """The file a run with ``options`` writes: :attr:`file`, unless ``file_for`` names another."""
+        return self.file_for(options) if self.file_for is not None else self.file
+
+    @property
+    def file_pattern(self) -> str:
+        """A glob of every result file this evaluation may write (``linear*.json``)."""
+        stem, dot, suffix = self.file.rpartition(".")
+        return f"{stem}*{dot}{suffix}" if self.file_for is not None else self.file
 
 
 #: every evaluation, by ``order``: the order of the report's columns
@@ -103,6 +120,23 @@ def register(evaluation: Evaluation) -> Evaluation:
     EVALUATIONS.clear()
     EVALUATIONS.update((e.name, e) for e in ordered)
     return evaluation
+
+
+def labels_variant(evaluation: Evaluation, labels: str, tag: str, order: int) -> Evaluation:
+    """``evaluation`` with ``labels`` (its ``--labels`` option, e.g. ``"10%"``) fixed, as a table entry of its
+    own: ``<name>_<tag>`` writes ``<name>_<tag>.json`` (the file ``dimcl <name> --labels <labels>`` writes)
+    with the figures ``<name>_<tag>_*``, a sweep stage (``<name>_<tag>: true``) and report columns, reached on
+    the command line through ``dimcl <name> --labels``."""
+    name = f"{evaluation.name}_{tag}"
+    columns = tuple(
+        replace(c, key=name + c.key.removeprefix(evaluation.name), title=f"{labels} labels: {c.title}", per_epoch=False)
+        for c in evaluation.columns
+    )
+    return replace(
+        evaluation, name=name, file=f"{name}.json", order=order, columns=columns, command=False, file_for=None,
+        run=partial(evaluation.run, labels=labels), grid_flag=name, grid_default=False,
+        help=f"{evaluation.help}, with {labels} of the labels", grid_options={},
+    )
 
 
 def unregister(name: str) -> None:

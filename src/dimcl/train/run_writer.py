@@ -17,6 +17,7 @@ leaves nothing behind. Rank 0 writes; the other ranks wait for it at a barrier.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 from contextlib import ExitStack
@@ -68,10 +69,13 @@ def run_artifacts() -> frozenset[str]:
 
 
 def _artifacts_among(names: set[str]) -> set[str]:
-    """The names of ``names`` that dimcl wrote; an atomic write's temporary sibling (".<name>.XXXX.tmp") that a
-    kill left behind is dimcl's too."""
+    """The names of ``names`` that dimcl wrote (an evaluation's result files by its ``file_pattern``, so
+    ``linear_10pct.json`` too); an atomic write's temporary sibling (".<name>.XXXX.tmp") that a kill left
+    behind is dimcl's too."""
     artifacts = run_artifacts()
-    return {name for name in names if name in artifacts or (name.startswith(".") and name.endswith(".tmp"))}
+    patterns = [evaluation.file_pattern for evaluation in EVALUATIONS.values()]
+    return {name for name in names if name in artifacts or (name.startswith(".") and name.endswith(".tmp"))
+            or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)}
 
 
 def check_run_folder(out_dir: Path, resume: bool | str, overwrite: bool = False) -> set[str]:
