@@ -104,6 +104,8 @@ def test_demo_runs_end_to_end_on_tiny_data(tiny_fashion_mnist, tmp_path):
                     "supervised backbone (ceiling)"]
     pixels = result["references"]["raw_pixels"]["knn_top1"]
     assert f"raw pixels' kNN top-1 ({pixels:.2f})" in summary  # the verdict names the floor either way
+    assert all(f"]({arm}/embedding_tsne.png)" in summary and (out / arm / "embedding_tsne.png").is_file()
+               for arm in ("byol", "byol_dimcl"))  # each arm's t-SNE map, shown
     again = run_demo(out, [*TINY_RUN, f"data.root={tiny_fashion_mnist}", "data.subset=null",
                            "data.eval_subset=null", "trainer.max_epochs=1"])
     assert again["runs"]["byol"]["records"] == result["runs"]["byol"]["records"]  # finished runs are reused

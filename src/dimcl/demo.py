@@ -3,8 +3,9 @@
 Both runs use the same recipe, seed and budget; only ``dimcl.weight`` differs (0 vs 0.1). The floors are
 the raw pixels and the same backbone with random weights, the ceiling the same backbone trained with
 labels for the same epochs on the same images (:mod:`dimcl.baselines`), all evaluated by the same
-kNN and linear probe. Writes into ``out``: the two run directories, ``baselines.json``, ``summary.md``,
-``summary.json`` and ``curves.png``.
+kNN and linear probe; a t-SNE map of each arm's backbone features (``dimcl analyze --embedding tsne``, on
+the same seeded test images) shows what the figures summarise. Writes into ``out``: the two run directories
+(each with its ``embedding_tsne.png``), ``baselines.json``, ``summary.md``, ``summary.json`` and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import baselines, protocol_of, read_baselines, write_baselines
 from dimcl.config import Config
 from dimcl.errors import BadInputError
+from dimcl.eval.diversity import ANALYZE, diagnose_run
+from dimcl.eval.embedding import DEFAULT_EMBEDDING_IMAGES, EMBEDDINGS
 from dimcl.eval.linear import LINEAR, linear_of_run
 from dimcl.experiment import experiment_differences
 from dimcl.recipes import load_config, resolve_recipe
@@ -93,6 +96,19 @@ def _linear(run_dir: Path) -> dict[str, Any]:
     return saved if saved is not None else linear_of_run(run_dir)
 
 
+#: the demo's map of each arm (a method of dimcl.eval.embedding.EMBEDDINGS)
+EMBEDDING = "tsne"
+
+
+def _embedding(run_dir: Path) -> dict[str, Any]:
+    """The t-SNE map of a finished run (``dimcl analyze --embedding tsne``; reused when its diversity.json
+    records one whose figure is there): what was made, as the analyze result records it."""
+    made = (read_result(run_dir, ANALYZE.file) or {}).get("embedding")
+    if isinstance(made, dict) and made.get("method") == EMBEDDING and (run_dir / str(made.get("figure"))).is_file():
+        return made
+    return diagnose_run(run_dir, embedding=EMBEDDING)["embedding"]
+
+
 def _plot(results: dict[str, dict[str, Any]], references: dict[str, Any], path: Path) -> None:
     """kNN and linear-probe top-1 of every row of the table, floors and ceiling in grey, as bars."""
     import matplotlib
@@ -150,6 +166,26 @@ def _table(results: dict[str, dict[str, Any]], references: dict[str, Any]) -> st
     return "\n".join(lines)
 
 
+def _maps_markdown(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The two arms' maps side by side, with what they show and what they do not."""
+    made = [(key, r) for key, r in results.items() if r.get("embedding")]
+    if not made:
+        return []
+    first = made[0][1]["embedding"]
+    return [
+        f"## {EMBEDDINGS[first['method']]} maps of the backbone features",
+        "",
+        f"Each arm's backbone features of the same {first['images']} test images (drawn with seed {first['seed']}), "
+        f"mapped to 2-D by `dimcl analyze --embedding {first['method']}` (PCA initialisation, a fixed random "
+        "state; docs/eval-embedding.md), a point per image coloured by its class. Which images sit together is "
+        "what a map shows; the distances between clusters and their sizes mean little. From left to right: "
+        + ", ".join(r["label"] for _, r in made) + ".",
+        "",
+        " ".join(f"![{r['label']}]({key}/{r['embedding']['figure']})" for key, r in made),
+        "",
+    ]
+
+
 def _references(cfg: Config, out: Path) -> dict[str, Any]:
     """The floors and the ceiling of the demo's protocol, from ``out/baselines.json`` or computed there."""
     protocol = protocol_of(cfg)
@@ -186,6 +222,10 @@ def run_demo(out: str | Path = "runs/demo", overrides: Sequence[str] = (), paral
               "linear": _linear(out / key)}
         for key, (label, extra) in RUNS.items()
     }
+    print(f"== {EMBEDDINGS[EMBEDDING]} maps: dimcl analyze --embedding {EMBEDDING} "
+          f"({DEFAULT_EMBEDDING_IMAGES} test images, the same for both arms)")
+    for key, result in results.items():
+        result["embedding"] = _embedding(out / key)
     print("== floors and ceiling: raw pixels, the backbone untrained, the backbone trained with labels")
     references = _references(cfg, out)
     table = _table(results, references)
@@ -213,6 +253,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: Sequence[str] = (), paral
         "",
         "![kNN and linear-probe top-1 of every row](curves.png)",
         "",
+        *_maps_markdown(results),
         f"Made by `{' '.join(['dimcl demo --out', str(out), *overrides])}`; this invocation took {total:.0f} s "
         "(a finished run of the same configuration is reused, not retrained).",
         "",

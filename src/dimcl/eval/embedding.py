@@ -61,6 +61,9 @@ EMBEDDING_SEED = 2309
 #: t-SNE's perplexity and UMAP's neighbours (both libraries' defaults), lowered for very few images
 TSNE_PERPLEXITY = 30.0
 UMAP_NEIGHBORS = 15
+#: the threads a map is computed on. One: Barnes-Hut t-SNE's OpenMP threads meet at a barrier every iteration,
+#: and on a 2-core CPU with any other job running two of them took 55 s for 5000 images where one took 23 s
+EMBEDDING_THREADS = 1
 #: a legend names at most this many classes; more get a colour bar of class numbers
 LEGEND_CLASSES = 20
 UMAP_MISSING = "UMAP maps need the umap-learn package: pip install 'dimcl[umap]' (or use --embedding tsne)"
@@ -112,15 +115,14 @@ def embed(features: Tensor, method: str, seed: int = EMBEDDING_SEED) -> tuple[np
 
     t-SNE: scikit-learn's Barnes-Hut t-SNE, PCA initialisation, ``random_state=seed``, perplexity
     :data:`TSNE_PERPLEXITY` (at most ``(N - 1) / 3``), its default 1000 iterations. UMAP: ``n_neighbors``
-    :data:`UMAP_NEIGHBORS` (at most ``N - 1``), ``random_state=seed``. Both run on as many threads as torch
-    computes with (``torch.get_num_threads()``), so ``OMP_NUM_THREADS`` governs them as it does the rest.
+    :data:`UMAP_NEIGHBORS` (at most ``N - 1``), ``random_state=seed``. Both run on :data:`EMBEDDING_THREADS`.
     """
     from threadpoolctl import threadpool_limits
 
     _check_method(method)
     x = nn.functional.normalize(features.double(), dim=1).numpy()
     n = x.shape[0]
-    with threadpool_limits(limits=torch.get_num_threads()):
+    with threadpool_limits(limits=EMBEDDING_THREADS):
         if method == "tsne":
             from sklearn.manifold import TSNE
 
