@@ -8,7 +8,16 @@ import pytest
 import torch
 from conftest import write_fashion_mnist
 
-from dimcl.baselines import baselines, pixel_features, protocol_of, read_baselines, write_baselines
+from dimcl.baselines import (
+    baselines,
+    has_baselines,
+    pixel_features,
+    protocol_of,
+    read_baselines,
+    write_baselines,
+)
+from dimcl.data.label_budget import few_label_indices, parse_label_budget
+from dimcl.eval.linear import FAST, train_linear_probe
 from dimcl.build import build_eval_datasets
 from dimcl.cli import main
 from dimcl.eval.knn import weighted_knn
@@ -115,7 +124,7 @@ def test_skip_existing_computes_only_the_missing_seeds(tmp_path, data, capsys, m
     write_baselines(out, {"seed": 2, "protocol": {**protocol, "data.eval_subset": 50}, "supervised": {}})
     computed = []
 
-    def fake(cfg, device="cpu", supervised=True, log=print):
+    def fake(cfg, device="cpu", supervised=True, log=print, **few_labels):
         computed.append((cfg.seed, supervised))
         return {"seed": cfg.seed, "protocol": protocol_of(cfg), "raw_pixels": {"knn_top1": 2.0}, "supervised": {}}
 
@@ -129,3 +138,37 @@ def test_skip_existing_computes_only_the_missing_seeds(tmp_path, data, capsys, m
     assert main([*args, "--skip-existing", "--no-supervised"]) == 0 and len(computed) == 2
     assert main(args) == 0 and computed[2:] == [(0, True), (1, True), (2, True)]  # without it: every seed again
     assert [r["raw_pixels"]["knn_top1"] for r in read_baselines(out) if r["protocol"] == protocol] == [2.0] * 3
+
+
+def test_few_label_floors_and_the_reference_trained_on_the_subset_alone(tmp_path, data, capsys):
+    cfg = cfg_of(data, "trainer.max_epochs=1")
+    out = tmp_path / "sweep"
+    code = main(["baselines", "-c", "fashion_mnist/byol", "-o", str(out), "--labels", "50%,20", "--labels-steps", "3",
+                 "trainer.max_epochs=1", f"data.root={data}", *SMALL])
+    assert code == 0
+    (record,) = read_baselines(out)
+    assert record["few_labels"] == {
+        "50pct": {"labels": "50%", "labelled_images": 80, "labels_seed": 2024},
+        "20img": {"labels": "20", "labelled_images": 20, "labels_seed": 2024},
+    }
+    # The floor's probe is the fast probe of `dimcl linear --labels` on the subset's rows of the pixels.
+    bank, evaluation = build_eval_datasets(cfg)
+    features, labels = pixel_features(bank)
+    rows = torch.as_tensor(few_label_indices(bank, parse_label_budget("20")))
+    expected = train_linear_probe(features[rows], labels[rows], *pixel_features(evaluation), 10, epochs=100, seed=0,
+                                  **FAST)
+    assert record["raw_pixels"]["linear_20img_top1"] == expected["top1"]
+    assert {"linear_50pct_top1", "linear_20img_top1"} <= record["random_init"].keys()
+    # The reference trained on 20 images alone: one batch of 20 per epoch, 3 steps; on 80: batches of 80.
+    few = record["supervised_20img"]
+    assert (few["train_images"], few["batch_size"], few["epochs"], few["steps"]) == (20, 20, 3, 3)
+    assert record["supervised_50pct"]["train_images"] == 80 and 0 <= few["head_top1"] <= 100
+    assert has_baselines(out, cfg, labels=["50%", "20"]) and not has_baselines(out, cfg, labels=["10%"])
+    report = build_report(out)
+    assert "| reference | seeds | 20 labels (20 images): top-1 (%) | 50% labels (80 images): top-1 (%) |" in report
+    assert f"| raw pixels (floor) | 0 | {expected['top1']:.2f} |" in report
+    assert f"| supervised on the subset alone (ceiling) | 0 | {few['head_top1']:.2f} |" in report
+    with pytest.raises(SystemExit) as refused:  # a usage error: argparse's exit status 2
+        main(["baselines", "-c", "fashion_mnist/byol", "-o", str(out), "--labels", "0%"])
+    assert refused.value.code == 2
+    assert "--labels" in capsys.readouterr().err

@@ -10,6 +10,16 @@ pretrained backbone is:
   (:mod:`dimcl.train.supervised`), its features scored like the others, plus its own classifier's
   top-1 on the evaluation images (``head_top1``).
 
+With few labels (``labels``, e.g. ``("1%", "10%")``: the class-balanced subsets of
+:mod:`dimcl.data.label_budget`, the same images ``dimcl linear --labels`` and ``dimcl finetune --labels`` use),
+the floors also get the fast linear probe trained on the subset alone (``linear_<tag>_top1``), and a
+``supervised_<tag>`` row is the backbone trained from random weights on the subset alone: the supervised
+recipe (learning rate 0.1 per 256 images, one warm-up epoch, cosine, momentum 0.9, weight decay 5e-4) on the
+fine-tuning's images and augmentations (crop of scale 0.08-1, flip), for :data:`FEW_LABELS` ``["steps"]``
+optimizer steps of batch :data:`FEW_LABELS` ``["batch_size"]`` whatever the subset's size (1% of
+Fashion-MNIST: 75 epochs; 10%: 7), scored by its own classifier. It is what the labels reach without
+pretraining, the reference of ``finetune_<tag>``.
+
 ``dimcl baselines`` writes them to ``baselines.json`` in a run or sweep folder (one record per seed and
 protocol, replaced when computed again); ``dimcl report`` and ``dimcl demo`` show them.
 """
@@ -28,14 +38,16 @@ from torch.utils.data import DataLoader, Dataset
 from dimcl.build import build_backbone_from_config
 from dimcl.config import Config, ConfigError
 from dimcl.data import run_splits
+from dimcl.data.label_budget import LABELS_SEED, few_label_indices, parse_label_budget
+from dimcl.eval.classifier import labelled_only
 from dimcl.eval.diversity import diversity_report
 from dimcl.eval.knn import extract_features
-from dimcl.eval.linear import FAST, train_linear_probe
+from dimcl.eval.linear import FAST, accuracy, augmented_train_set, train_linear_probe
 from dimcl.eval.offline import knn_of_features
 from dimcl.experiment import PROTOCOL_KEYS, protocol_of
 from dimcl.files import write_atomic
 from dimcl.run_dir import BASELINES
-from dimcl.train.supervised import train_supervised
+from dimcl.train.supervised import fit_supervised, train_supervised
 
 __all__ = ["PROTOCOL_KEYS", "baselines", "pixel_features", "protocol_of", "read_baselines", "write_baselines"]
 
@@ -45,6 +57,13 @@ ROWS = {
     "random_init": "random-init backbone (floor)",
     "supervised": "supervised backbone (ceiling)",
 }
+#: the supervised reference trained on a few-label subset alone (see the module docstring)
+FEW_LABELS = {"steps": 300, "batch_size": 128}
+
+
+def few_label_row(tag: str) -> str:
+    """The record key of the supervised reference trained on the ``tag`` subset alone: ``supervised_10pct``."""
+    return f"supervised_{tag}"
 
 
 @torch.no_grad()
@@ -57,17 +76,45 @@ def pixel_features(dataset: Dataset, batch_size: int = 1024, num_workers: int = 
     return torch.cat(features), torch.cat(labels)
 
 
-def _scores(features: tuple[Tensor, Tensor, Tensor, Tensor], cfg: Config, num_classes: int) -> dict[str, Any]:
+def _scores(
+    features: tuple[Tensor, Tensor, Tensor, Tensor], cfg: Config, num_classes: int,
+    subsets: dict[str, list[int]] | None = None,
+) -> dict[str, Any]:
     """kNN and the fast linear probe (``dimcl linear``'s defaults) of one set of features, and their
-    diversity on the first ``eval.diagnose_images`` evaluation images (the batch the run diagnostics use)."""
+    diversity on the first ``eval.diagnose_images`` evaluation images (the batch the run diagnostics use);
+    with ``subsets`` (tag: indices of the bank), the probe trained on each subset's rows alone as well."""
     knn = knn_of_features(*features, cfg, num_classes)
     linear = train_linear_probe(*features, num_classes, epochs=100, seed=0, **FAST)
     diversity = diversity_report(features[2][: cfg.eval.diagnose_images])
-    return {
+    scores = {
         "knn_top1": knn["knn_top1"], "knn_top5": knn["knn_top5"],
         "linear_top1": linear["top1"], "linear_top5": linear["top5"], "num_features": int(features[0].shape[1]),
         "effective_rank": diversity["effective_rank"], "mean_abs_corr": diversity["mean_abs_corr"],
     }
+    for tag, indices in (subsets or {}).items():
+        rows = torch.as_tensor(indices)
+        few = train_linear_probe(features[0][rows], features[1][rows], *features[2:], num_classes,
+                                 epochs=100, seed=0, **FAST)
+        scores[f"linear_{tag}_top1"], scores[f"linear_{tag}_top5"] = few["top1"], few["top5"]
+    return scores
+
+
+def _few_label_supervised(
+    cfg: Config, splits: Any, indices: list[int], eval_set: Dataset, num_classes: int, steps: int,
+    device: Any, log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The ``supervised_<tag>`` row: trained on ``indices`` of the labelled training split alone, scored by
+    its own classifier on ``eval_set``."""
+    batch_size = min(FEW_LABELS["batch_size"], len(indices))
+    dataset = labelled_only(augmented_train_set(splits, indices))
+    epochs = max(1, round(steps / (len(dataset) // batch_size)))
+    backbone, head, trained = fit_supervised(cfg, dataset, num_classes, epochs=epochs, batch_size=batch_size,
+                                             device=device, log=log, name=f"supervised on {len(indices)} labels")
+    loader = DataLoader(eval_set, batch_size=512, num_workers=cfg.data.num_workers)
+    features, labels = extract_features(backbone, loader, device)
+    with torch.no_grad():
+        top1, top5 = accuracy(head(features.to(device)), labels.to(device))
+    return {"head_top1": top1, "head_top5": top5, **trained}
 
 
 def _backbone_features(backbone: nn.Module, datasets: tuple[Dataset, Dataset], cfg: Config, device: Any) -> tuple:
@@ -80,24 +127,37 @@ def baselines(
     device: str | torch.device = "cpu",
     supervised: bool = True,
     log: Callable[[str], None] | None = print,
+    labels: tuple[str, ...] | list[str] = (),
+    labels_steps: int = FEW_LABELS["steps"],
 ) -> dict[str, Any]:
-    """The rows of the module docstring for ``cfg``'s protocol and seed, as one record."""
+    """The rows of the module docstring for ``cfg``'s protocol and seed, as one record; ``labels`` (e.g.
+    ``("1%", "10%")``) adds the few-label figures, their ``supervised_<tag>`` rows trained for
+    ``labels_steps`` steps (unless not ``supervised``)."""
     say = log or (lambda _: None)
+    if labels_steps < 1:
+        raise ConfigError(f"--labels-steps got {labels_steps}; the few-label reference trains at least 1 step")
+    budgets = [parse_label_budget(text) for text in labels]
     splits = run_splits(cfg)
     datasets = splits.labelled()
     num_classes = splits.class_count(datasets[0], "baselines")
+    subsets = {budget.tag: few_label_indices(datasets[0], budget) for budget in budgets}
     record: dict[str, Any] = {
         "seed": cfg.seed, "protocol": protocol_of(cfg),
         "bank_size": len(datasets[0]), "eval_size": len(datasets[1]),
     }
+    if budgets:
+        record["few_labels"] = {
+            budget.tag: {"labels": budget.text, "labelled_images": len(subsets[budget.tag]), "labels_seed": LABELS_SEED}
+            for budget in budgets
+        }
     say(f"raw pixels: kNN and linear probe on {len(datasets[0])} / {len(datasets[1])} images")
     pixels = (*pixel_features(datasets[0]), *pixel_features(datasets[1]))
-    record["raw_pixels"] = _scores(pixels, cfg, num_classes)
+    record["raw_pixels"] = _scores(pixels, cfg, num_classes, subsets)
 
     say("random-init backbone")
     torch.manual_seed(cfg.seed)
     backbone = build_backbone_from_config(cfg).to(device)
-    record["random_init"] = _scores(_backbone_features(backbone, datasets, cfg, device), cfg, num_classes)
+    record["random_init"] = _scores(_backbone_features(backbone, datasets, cfg, device), cfg, num_classes, subsets)
 
     if supervised:
         say(f"supervised backbone: {cfg.trainer.max_epochs} epochs with labels")
@@ -107,6 +167,11 @@ def baselines(
             predictions = head(features[2].to(device)).argmax(1).cpu()
         head_top1 = 100.0 * int((predictions == features[3]).sum()) / len(predictions)
         record["supervised"] = {**_scores(features, cfg, num_classes), "head_top1": head_top1, **trained}
+        for tag, indices in subsets.items():
+            say(f"supervised backbone on the {len(indices)} images of {record['few_labels'][tag]['labels']} of "
+                f"the labels, {labels_steps} steps")
+            record[few_label_row(tag)] = _few_label_supervised(
+                cfg, splits, indices, datasets[1], num_classes, labels_steps, device, say)
     return record
 
 
@@ -122,14 +187,21 @@ def read_baselines(folder: str | Path) -> list[dict[str, Any]]:
     return list(data.get("records", [])) if isinstance(data, dict) else []
 
 
-def has_baselines(folder: str | Path, cfg: Config, supervised: bool = True) -> bool:
+def has_baselines(
+    folder: str | Path, cfg: Config, supervised: bool = True, labels: tuple[str, ...] | list[str] = ()
+) -> bool:
     """Whether ``folder/baselines.json`` holds the record of ``cfg``'s seed and protocol (with its supervised
-    ceiling when ``supervised``), i.e. whether :func:`baselines` would only recompute it."""
+    ceiling when ``supervised``, and the figures of every budget of ``labels``), i.e. whether
+    :func:`baselines` would only recompute it."""
     protocol = protocol_of(cfg)
-    return any(
-        r.get("seed") == cfg.seed and r.get("protocol") == protocol and (not supervised or "supervised" in r)
-        for r in read_baselines(folder)
-    )
+    tags = [parse_label_budget(text).tag for text in labels]
+
+    def complete(r: dict[str, Any]) -> bool:
+        wanted = ["supervised", *(few_label_row(t) for t in tags)] if supervised else []
+        return all(row in r for row in wanted) and all(t in r.get("few_labels", {}) for t in tags)
+
+    return any(r.get("seed") == cfg.seed and r.get("protocol") == protocol and complete(r)
+               for r in read_baselines(folder))
 
 
 def write_baselines(folder: str | Path, record: dict[str, Any]) -> Path:

@@ -66,6 +66,19 @@ def _seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of seeds, e.g. 0,1,2") from None
 
 
+def _label_budgets(text: str) -> list[str]:
+    """``--labels`` of ``dimcl baselines``: comma-separated budgets such as ``1%,10%``, each checked."""
+    from dimcl.data.label_budget import parse_label_budget
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        for part in parts:
+            parse_label_budget(part)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return parts
+
+
 def _device(text: str) -> str:
     """``--device``: a torch device this machine has (cpu, cuda, cuda:1, mps)."""
     import torch
@@ -91,10 +104,11 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     for seed in args.seeds or [cfg.seed]:
         cfg.seed = seed
-        if args.skip_existing and has_baselines(args.out, cfg, supervised=not args.no_supervised):
+        if args.skip_existing and has_baselines(args.out, cfg, supervised=not args.no_supervised, labels=args.labels):
             print(f"seed {seed}: already in {Path(args.out) / BASELINES} for this protocol, skipped")
             continue
-        record = baselines(cfg, device=args.device, supervised=not args.no_supervised)
+        record = baselines(cfg, device=args.device, supervised=not args.no_supervised, labels=args.labels,
+                           labels_steps=args.labels_steps)
         written = write_baselines(args.out, record)
         print(json.dumps({k: v for k, v in record.items() if k != "protocol"}, indent=2))
         print(f"wrote {written}")
@@ -203,6 +217,9 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
                        "eval.classes=[5,6,7,8,9]); needs --out")
         p.set_defaults(func=_cmd_evaluate)
 
+    from dimcl.baselines import FEW_LABELS
+
+    FEW_LABELS_STEPS = FEW_LABELS["steps"]
     p = sub.add_parser("baselines", help="raw-pixel and random-init floors and a supervised ceiling",
                        description="For the evaluation protocol of a config (a recipe and overrides, or a run's "
                        "config.yaml): kNN and linear probe of the raw pixels, of the backbone with random weights, "
@@ -214,6 +231,12 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("--seeds", type=_seed_list, metavar="S,S,...",
                    help="comma-separated seeds to compute, e.g. 0,1,2 (default: the config's seed)")
     p.add_argument("--no-supervised", action="store_true", help="only the floors (skip the supervised training)")
+    p.add_argument("--labels", type=_label_budgets, default=[], metavar="P%|N,...",
+                   help="few-label budgets, e.g. 1%%,10%%: the floors' linear probe on each class-balanced subset "
+                   "(the images of dimcl linear --labels), and the backbone trained on each subset alone")
+    p.add_argument("--labels-steps", type=int, default=FEW_LABELS_STEPS, dest="labels_steps",
+                   help="optimizer steps of each few-label supervised reference, whatever its subset's size "
+                   f"(default {FEW_LABELS_STEPS})")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip the seeds whose record of this protocol OUT/baselines.json already holds (with the "
                    "supervised ceiling unless --no-supervised), so an interrupted or partial call can be finished")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dimcl.baselines import ROWS as BASELINE_ROWS
-from dimcl.baselines import read_baselines
+from dimcl.baselines import few_label_row, read_baselines
 from dimcl.errors import BadInputError
 from dimcl.report.plots import embedding_markdown, plots_markdown
 from dimcl.report.runs import (
@@ -140,7 +140,42 @@ def _baselines_table(folder: Path) -> list[str]:
                 cells.append(_cell((*mean_std(values), len(values)), 2, len(present)) if values else "–")
             lines.append(f"| {title} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _few_label_baselines(records)
     return lines
+
+
+def _few_label_baselines(records: list[dict[str, Any]]) -> list[str]:
+    """The few-label rows of one protocol's records (``dimcl baselines --labels``): the floors' linear probe
+    trained on each subset, and the backbone trained on each subset alone (its own classifier)."""
+    budgets: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for tag, budget in record.get("few_labels", {}).items():
+            budgets.setdefault(tag, budget)
+    if not budgets:
+        return []
+    order = sorted(budgets, key=lambda tag: budgets[tag]["labelled_images"])
+    header = " | ".join(f"{budgets[t]['labels']} labels ({budgets[t]['labelled_images']} images): top-1 (%)"
+                        for t in order)
+    lines = ["With few labels (`dimcl baselines --labels`; the class-balanced images of `dimcl linear --labels`): "
+             "the floors' linear probe trained on the subset alone, and the backbone trained from random weights "
+             "on the subset alone, scored by its own classifier (the reference of fine-tuning with those labels).",
+             "", f"| reference | seeds | {header} |", "|---|---|" + "---|" * len(order)]
+    def figure(record: dict[str, Any], row: str, tag: str) -> float | None:
+        if row == "supervised":  # the backbone trained on the subset alone, its own classifier
+            return record.get(few_label_row(tag), {}).get("head_top1")
+        return record.get(row, {}).get(f"linear_{tag}_top1")
+
+    titles = {**BASELINE_ROWS, "supervised": "supervised on the subset alone (ceiling)"}
+    for row, title in titles.items():
+        having = [r for r in records if any(figure(r, row, t) is not None for t in order)]
+        if not having:
+            continue
+        cells = []
+        for tag in order:
+            values = [v for v in (figure(r, row, tag) for r in having) if v is not None]
+            cells.append(_cell((*mean_std(values), len(values)), 2, len(having)) if values else "–")
+        lines.append(f"| {title} | {_seeds_text([r.get('seed') for r in having])} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def build_report(

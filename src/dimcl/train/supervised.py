@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from dimcl.build import build_backbone_from_config
 from dimcl.config import Config
@@ -40,18 +41,36 @@ def train_supervised(
     """Train ``(backbone, head)`` as the module docstring says; returns them (in eval mode) and a record
     ``{"epochs", "steps", "train_images", "train_top1" (last epoch, augmented), "train_time_s", **SUPERVISED}``."""
     splits = run_splits(cfg)
-    info = splits.info
-    dataset = labelled_only(splits.pretrain(build_view_transform(supervised_view(cfg), info)))
-    num_classes = info.num_classes or int(labels_of(dataset).max()) + 1
+    dataset = labelled_only(splits.pretrain(build_view_transform(supervised_view(cfg), splits.info)))
+    num_classes = splits.info.num_classes or int(labels_of(dataset).max()) + 1
+    return fit_supervised(cfg, dataset, num_classes, epochs=cfg.trainer.max_epochs,
+                          batch_size=cfg.data.batch_size, device=device, log=log)
+
+
+def fit_supervised(
+    cfg: Config,
+    dataset: Dataset,
+    num_classes: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = print,
+    name: str = "supervised",
+) -> tuple[nn.Module, nn.Linear, dict[str, Any]]:
+    """The config's backbone from random weights (seeded by ``cfg.seed``) and a linear head to
+    ``num_classes``, trained on the labelled images of ``dataset`` (already augmented) by the supervised recipe of the module docstring, the
+    learning rate scaled to ``batch_size``; returns them (in eval mode) and the record of
+    :func:`train_supervised`."""
     torch.manual_seed(cfg.seed)
     backbone = build_backbone_from_config(cfg).to(device)
     head = nn.Linear(backbone.num_features, num_classes).to(device)
-    lr = SUPERVISED["lr"] * cfg.data.batch_size / 256
+    lr = SUPERVISED["lr"] * batch_size / 256
     record = fit_classifier(
-        backbone, head, dataset, lrs=(lr, lr), epochs=cfg.trainer.max_epochs, batch_size=cfg.data.batch_size,
+        backbone, head, dataset, lrs=(lr, lr), epochs=epochs, batch_size=batch_size,
         seed=cfg.seed, momentum=SUPERVISED["momentum"], weight_decay=SUPERVISED["weight_decay"],
         # one warm-up epoch, at most a tenth of the run
         warmup_steps=lambda per_epoch, total: round(min(SUPERVISED["warmup_epochs"] * per_epoch, total / 10)),
-        num_workers=cfg.data.num_workers, device=device, log=log,
+        num_workers=cfg.data.num_workers, device=device, log=log, name=name,
     )
-    return backbone, head, {**record, **SUPERVISED, "batch_size": cfg.data.batch_size}
+    return backbone, head, {**record, **SUPERVISED, "batch_size": batch_size}
