@@ -16,11 +16,11 @@ from dimcl.baselines import (
     read_baselines,
     write_baselines,
 )
-from dimcl.data.label_budget import few_label_indices, parse_label_budget
-from dimcl.eval.linear import FAST, train_linear_probe
 from dimcl.build import build_eval_datasets
 from dimcl.cli import main
+from dimcl.data.label_budget import few_label_indices, parse_label_budget
 from dimcl.eval.knn import weighted_knn
+from dimcl.eval.linear import FAST, train_linear_probe
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.report import build_report
 

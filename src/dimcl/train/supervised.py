@@ -59,9 +59,9 @@ def fit_supervised(
     name: str = "supervised",
 ) -> tuple[nn.Module, nn.Linear, dict[str, Any]]:
     """The config's backbone from random weights (seeded by ``cfg.seed``) and a linear head to
-    ``num_classes``, trained on the labelled images of ``dataset`` (already augmented) by the supervised recipe of the module docstring, the
-    learning rate scaled to ``batch_size``; returns them (in eval mode) and the record of
-    :func:`train_supervised`."""
+    ``num_classes``, trained on the labelled images of ``dataset`` (already augmented) by the
+    supervised recipe of the module docstring, the learning rate scaled to ``batch_size``; returns
+    them (in eval mode) and the record of :func:`train_supervised`."""
     torch.manual_seed(cfg.seed)
     backbone = build_backbone_from_config(cfg).to(device)
     head = nn.Linear(backbone.num_features, num_classes).to(device)
