@@ -1,7 +1,8 @@
-"""The documentation site (mkdocs.yml, tools/mkdocs_hooks.py, tools/griffe_roles.py): its navigation is
-docs/README.md's list and holds every page; the API pages show every public name, each documented with its
-arguments; and ``mkdocs build --strict`` fails on a link to a missing page or a docstring reference that does
-not resolve. The whole site is built by ``make docs`` (.ci/run); the builds here need the docs extra."""
+"""The documentation site (mkdocs.yml, tools/mkdocs_hooks.py, tools/griffe_roles.py,
+tools/griffe_field_comments.py): its navigation is docs/README.md's list and holds every page; the API pages
+show every public name, each documented with its arguments, and the fields' ``#:`` comments; and ``mkdocs
+build --strict`` fails on a link to a missing page or a docstring reference that does not resolve. The whole
+site is built by ``make docs`` (.ci/run); the builds here need the docs extra."""
 
 import importlib.util
 import inspect
@@ -117,3 +118,22 @@ def test_the_strict_build_fails_a_docstring_reference_that_does_not_resolve(tmp_
     assert result.returncode != 0
     unresolved = [line for line in result.stderr.splitlines() if "does not resolve" in line]
     assert len(unresolved) == 1 and ":func:`bad_name`" in unresolved[0], result.stderr
+
+
+def test_field_comments_are_the_docstrings_of_their_attributes(tmp_path):
+    griffe = pytest.importorskip("griffe")
+    field_comments = _load("griffe_field_comments")
+    assert field_comments.comment_above(["x = 1", "#: first", "    #: second", "y: int = 2"], 4) == "first\nsecond"
+    assert field_comments.comment_above(["# a plain comment", "x = 1"], 2) == ""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text(
+        '"""P."""\n\n#: the table\nTABLE = {}\n\n\nclass C:\n    """C."""\n\n'
+        '    #: where it stands\n    #: lowest first\n    order: int = 0\n'
+        '    #: not this one\n    named: str = ""\n    """its own docstring"""\n    bare: int = 1\n')
+    loader = griffe.GriffeLoader(search_paths=[str(tmp_path)],
+                                 extensions=griffe.load_extensions(field_comments.FieldComments()))
+    pkg = loader.load("pkg")
+    assert pkg["TABLE"].docstring.value == "the table"
+    assert pkg["C.order"].docstring.value == "where it stands\nlowest first"
+    assert pkg["C.named"].docstring.value == "its own docstring"
+    assert pkg["C.bare"].docstring is None

@@ -51,14 +51,29 @@ def evaluate(
     overrides: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
-    """Run evaluation ``name`` on the run at ``path`` (a run directory, or a checkpoint / backbone file
-    inside one) and write its result file into ``out_dir`` (default: the run directory); returns the result.
+    """Run evaluation ``name`` on the run at ``path`` and write its result file into ``out_dir``.
 
-    ``options`` are the evaluation's own (``epochs=`` for ``linear``, ``num_images=`` for ``analyze``, ...).
-    ``overrides`` (``data.*`` / ``eval.*`` keys, :func:`evaluation_config`) score the backbone on other
-    images: another labelled dataset (fed with the backbone's channels, input side and normalisation) or
-    other classes. Such a result describes other images than the run's own, so it goes to ``out_dir``, which
-    must then be given, and it records the overrides; the run's feature cache is not used.
+    ``overrides`` score the backbone on other images: another labelled dataset (fed with the backbone's
+    channels, input side and normalisation) or other classes. Such a result describes other images than the
+    run's own, so it goes to ``out_dir``, which must then be given, and it records the overrides; the run's
+    feature cache is not used.
+
+    Args:
+        name: an evaluation of :data:`~dimcl.eval.registry.EVALUATIONS` (``knn``, ``linear``, ``analyze``,
+            ``finetune``, ...).
+        path: a run directory, or a checkpoint / backbone file inside one.
+        device: where the backbone runs.
+        out_dir: the folder for the result file (default: the run directory).
+        overrides: ``data.*`` / ``eval.*`` config overrides (:func:`evaluation_config`).
+        **options: the evaluation's own options (``epochs=`` for ``linear``, ``labels="10%"`` for ``linear``
+            and ``finetune``, ``num_images=`` for ``analyze``, ...).
+
+    Returns:
+        The result, as written to the evaluation's result file (``knn.json``, ``linear_10pct.json``, ...).
+
+    Raises:
+        ConfigError: bad input, such as an override of a key other than ``data.*`` / ``eval.*``, or
+            overrides without ``out_dir``.
     """
     evaluation = EVALUATIONS[name]
     file = evaluation.result_file(options)
