@@ -10,9 +10,8 @@ reseeded every epoch from ``(seed, epoch)``. BatchNorm layers train (their stati
 images). Scored by the head's top-1 / top-5 on the un-augmented evaluation split. The run's files are
 never changed: the fine-tuned weights are not kept.
 
-The defaults are sized for the small CPU backbone: 10% of Fashion-MNIST (6 000 images, 230 steps) fine-tunes
-in 41 s on two cores, scoring included (docs/eval-labels.md has the figures); they are sized for time, not
-tuned.
+The defaults are sized for time on the small CPU backbone, not tuned: 10% of Fashion-MNIST (6 000 images,
+230 steps) fine-tunes in 41 s on two cores, scoring included (docs/eval-labels.md has the figures).
 """
 
 from __future__ import annotations
