@@ -172,3 +172,18 @@ def test_few_label_floors_and_the_reference_trained_on_the_subset_alone(tmp_path
         main(["baselines", "-c", "fashion_mnist/byol", "-o", str(out), "--labels", "0%"])
     assert refused.value.code == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_an_unseen_class_protocol_is_its_own_and_has_no_classifier_score_on_the_unseen_classes(data):
+    every = cfg_of(data, "trainer.max_epochs=1")
+    unseen = cfg_of(data, "trainer.max_epochs=1", "data.classes=[0,1,2,3,4]", "eval.classes=[5,6,7,8,9]")
+    # the classes join the protocol only when set: records made on every class keep theirs
+    assert "data.classes" not in protocol_of(every) and "eval.classes" not in protocol_of(every)
+    assert protocol_of(unseen) == {**protocol_of(every), "data.classes": [0, 1, 2, 3, 4],
+                                   "eval.classes": [5, 6, 7, 8, 9]}
+    record = baselines(unseen, log=None)
+    # trained on classes 0-4, its classifier has nothing to say about 5-9: only its features are scored
+    assert "head_top1" not in record["supervised"] and 0 <= record["supervised"]["knn_top1"] <= 100
+    assert record["supervised"]["train_images"] == 80  # the fixture's 160 training images, 16 of each class
+    seen = baselines(cfg_of(data, "trainer.max_epochs=1", "data.classes=[0,1,2,3,4]"), log=None)
+    assert "head_top1" in seen["supervised"]

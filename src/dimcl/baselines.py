@@ -8,7 +8,8 @@ pretrained backbone is:
 - ``random_init``: the config's backbone with random weights (seeded by ``seed``), never trained;
 - ``supervised``: the same backbone trained with labels for the same epochs on the same images
   (:mod:`dimcl.train.supervised`), its features scored like the others, plus its own classifier's
-  top-1 on the evaluation images (``head_top1``).
+  top-1 on the evaluation images (``head_top1``) when they are of the classes it was trained on (not on
+  the unseen classes of ``eval.classes``, which its classifier has no outputs for).
 
 With few labels (``labels``, e.g. ``("1%", "10%")``: the class-balanced subsets of
 :mod:`dimcl.data.label_budget`, the same images ``dimcl linear --labels`` and ``dimcl finetune --labels`` use),
@@ -163,10 +164,11 @@ def baselines(
         say(f"supervised backbone: {cfg.trainer.max_epochs} epochs with labels")
         backbone, head, trained = train_supervised(cfg, device, log=say)
         features = _backbone_features(backbone, datasets, cfg, device)
-        with torch.no_grad():
-            predictions = head(features[2].to(device)).argmax(1).cpu()
-        head_top1 = 100.0 * int((predictions == features[3]).sum()) / len(predictions)
-        record["supervised"] = {**_scores(features, cfg, num_classes), "head_top1": head_top1, **trained}
+        record["supervised"] = {**_scores(features, cfg, num_classes), **trained}
+        if cfg.eval.classes is None or cfg.data.classes is None or set(cfg.eval.classes) <= set(cfg.data.classes):
+            with torch.no_grad():
+                predictions = head(features[2].to(device)).argmax(1).cpu()
+            record["supervised"]["head_top1"] = 100.0 * int((predictions == features[3]).sum()) / len(predictions)
         for tag, indices in subsets.items():
             say(f"supervised backbone on the {len(indices)} images of {record['few_labels'][tag]['labels']} of "
                 f"the labels, {labels_steps} steps")

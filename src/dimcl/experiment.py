@@ -83,10 +83,18 @@ PROTOCOL_KEYS = (
 )
 
 
+#: protocol keys that join it only when set (the classes of an unseen-class protocol), so the records made
+#: before they existed, on every class, keep their protocol
+PROTOCOL_KEYS_WHEN_SET = (("data", "classes"), ("eval", "classes"))
+
+
 def protocol_of(cfg: Config) -> dict[str, Any]:
-    """The values of :data:`PROTOCOL_KEYS` in ``cfg`` as a flat ``{"data.name": ..., ...}`` mapping."""
+    """The values of :data:`PROTOCOL_KEYS` in ``cfg`` as a flat ``{"data.name": ..., ...}`` mapping, and those of
+    :data:`PROTOCOL_KEYS_WHEN_SET` that are set."""
     out = {}
-    for section, key in PROTOCOL_KEYS:
+    for section, key in PROTOCOL_KEYS + PROTOCOL_KEYS_WHEN_SET:
         value = getattr(getattr(cfg, section), key)
+        if value is None and (section, key) in PROTOCOL_KEYS_WHEN_SET:
+            continue
         out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
     return out
