@@ -212,3 +212,35 @@ def test_a_config_saved_before_a_key_existed_groups_with_one_at_its_default(tmp_
     assert len(groups) == 3  # the multi-crop run is another experiment
     knn = {(c.method, c.figure): c for c in compare_groups(groups)}["simclr", "knn_top1"]
     assert knn.seeds == [0, 1] and knn.differences == pytest.approx([2.0, 1.0])
+
+
+def test_runs_beside_join_as_groups_of_their_own_paired_within_their_budget(tmp_path, capsys):
+    from dimcl.cli import main
+
+    longer, shorter = tmp_path / "longer", tmp_path / "shorter"
+    for seed in (0, 1):  # 4 epochs: +DimCL 2 and 3 points up; 2 epochs: 1 point up at both seeds
+        make_run(longer / f"base{seed}", "byol", 0, seed, [60, 70, 75, 80 + seed])
+        make_run(longer / f"dimcl{seed}", "byol", 0.1, seed, [61, 72, 78, 82 + 2 * seed])
+        make_run(shorter / f"base{seed}", "byol", 0, seed, [60, 70 + seed])
+        make_run(shorter / f"dimcl{seed}", "byol", 0.1, seed, [61, 71 + seed])
+    make_run(shorter / "simclr", "simclr", 0, 0, [50, 55])  # a method the longer runs lack: left out
+    out = tmp_path / "report" / "report.md"
+    assert main(["report", str(longer), "--out", str(out), "--beside", str(shorter)]) == 0
+    markdown = out.read_text()
+    assert f"4 run(s) under `{longer}` and 4 of the same methods under `{shorter}` in 4 configuration(s)" in markdown
+    assert "simclr" not in markdown
+    summary = markdown.split("## Summary: +DimCL against its baseline")[1].split("## ")[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| byol |")]
+    # each budget's +DimCL is paired with its own baseline: +2.50 over 4 epochs, +1.00 over 2
+    assert len(rows) == 2 and any("trainer.max_epochs=4 | 0, 1 | 80.50 → 83.00, +2.50" in r for r in rows)
+    assert any("trainer.max_epochs=2 | 0, 1 | 70.50 → 71.50, +1.00" in r for r in rows)
+    groups = group_runs(load_runs(longer)[0] + load_runs(shorter)[0])
+    byol = [g for g in groups if g.method == "byol"]
+    assert sorted(g.label for g in byol) == sorted(
+        f"method.name=byol, dimcl.weight={w}, trainer.max_epochs={e}" for w in (0.0, 0.1) for e in (2, 4))
+    # the per-epoch figure holds the four lines
+    figure = _epoch_figure(byol, "knn_top1", "kNN top-1 (%)", "byol")
+    assert len(figure.legends[0].get_texts()) == 4
+    capsys.readouterr()
+    with pytest.raises(Exception, match="not a folder"):
+        build_report(longer, out, beside=[tmp_path / "missing"])

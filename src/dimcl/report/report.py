@@ -14,6 +14,7 @@ over seeds, ``d_s = figure(+DimCL, seed s) - figure(base, seed s)``, with the 95
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,9 @@ def _seeds_text(seeds: list[Any]) -> str:
 def _dimcl_label(group: Group) -> str:
     c = group.config
     mode = "InfoNCE" if c.get("dimcl.hardness_aware", True) else "uniform"
-    return f"λ={format_value(c.get('dimcl.weight'))}, τ={format_value(c.get('dimcl.temperature'))}, {mode}"
+    # what else sets this pair apart from the method's other pairs (e.g. trainer.max_epochs=24)
+    rest = "".join(f"; {k}={format_value(c[k])}" for k in group.varying if not k.startswith("dimcl.") and k in c)
+    return f"λ={format_value(c.get('dimcl.weight'))}, τ={format_value(c.get('dimcl.temperature'))}, {mode}{rest}"
 
 
 def _summary_table(comparisons: list[Comparison]) -> list[str]:
@@ -179,12 +182,16 @@ def _few_label_baselines(records: list[dict[str, Any]]) -> list[str]:
 
 
 def build_report(
-    sweep_dir: str | Path, out_path: str | Path | None = None, include_unfinished: bool = False
+    sweep_dir: str | Path, out_path: str | Path | None = None, include_unfinished: bool = False,
+    beside: Sequence[str | Path] = (),
 ) -> str:
     """Write the Markdown report of the runs under ``sweep_dir`` to ``out_path`` and return it.
 
     Runs that have not reached their ``trainer.max_epochs`` are left out (and named in the notes) unless
-    ``include_unfinished``.
+    ``include_unfinished``. The runs under each folder of ``beside`` whose method has runs under
+    ``sweep_dir`` join the tables and plots as groups of their own (e.g. the 8-epoch cells next to the
+    24-epoch ones: the groups' labels say what differs, and each +DimCL group is paired with the baseline of
+    its own configuration); the floors and ceiling stay ``sweep_dir``'s.
 
     ``out_path`` defaults to ``<sweep_dir>/report.md``; the PNG plots (``knn_top1_<method>.png``, and
     ``effective_rank_<method>.png`` when the metrics hold ``backbone_effective_rank``) go next to it, and so do
@@ -198,11 +205,21 @@ def build_report(
         raise BadInputError(f"--out '{out_path}': '{out_path.parent}' is a file, not a folder")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     runs, notes = load_runs(sweep_dir, include_unfinished)
+    where = f"{len(runs)} run(s) under `{sweep_dir}`"
+    methods = {run.config.get("method.name") for run in runs}
+    for folder in beside:
+        if not Path(folder).is_dir():
+            raise BadInputError(f"--beside '{folder}' is not a folder; give a folder that holds run directories")
+        others, other_notes = load_runs(folder, include_unfinished)
+        kept = [run for run in others if run.config.get("method.name") in methods]
+        runs += kept
+        notes += other_notes
+        where += f" and {len(kept)} of the same methods under `{folder}`"
     groups = group_runs(runs)
     lines = [
         "# DimCL report",
         "",
-        f"{len(runs)} run(s) under `{sweep_dir}` in {len(groups)} configuration(s). Figures are the final ones "
+        f"{where} in {len(groups)} configuration(s). Figures are the final ones "
         "(offline kNN / linear / diagnostics files when present, else the last epoch's metrics), as mean ± "
         "sample std over seeds; `(n=k)`: only k runs have the figure.",
         "",

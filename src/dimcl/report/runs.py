@@ -142,6 +142,8 @@ class Group:
     config: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
     label: str = ""
+    #: the keys (other than the method's name and λ) in which the groups of its method differ
+    varying: tuple[str, ...] = ()
 
     @property
     def method(self) -> str:
@@ -195,6 +197,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
         # Among the groups that have the key: baselines have no dimcl.temperature to differ in.
         varying = [k for k in keys if len({repr(g.config[k]) for g in of_method if k in g.config}) > 1]
         for group in of_method:
+            group.varying = tuple(varying)
             group.runs.sort(key=lambda r: (_seed_order(r.seed), str(r.path)))
             group.label = ", ".join(
                 f"{k}={format_value(group.config[k])}"
