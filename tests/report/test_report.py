@@ -131,6 +131,10 @@ def test_report_markdown_and_plots(sweep, tmp_path):
     assert "| 70.00 → 72.50, +2.50 |" in byol_row  # linear: one pair, no interval
     assert "λ=0.1, τ=0.1, InfoNCE" in byol_row and "| 0, 1, 2 |" in byol_row
     assert "n=1, no interval" in markdown
+    # every run on its own: the offline kNN file's 84 for seed 1, no linear file, no epoch times
+    runs = markdown.split("## Every run")[1].split("## ")[0]
+    assert "| method.name=byol, dimcl.weight=0.1 | 1 | 84.00 | – | 6.0 | – |" in runs
+    assert "| method.name=byol, dimcl.weight=0.0 | 0 | 80.00 | 70.00 | 4.0 | – |" in runs
     for name in ("knn_top1_byol.png", "effective_rank_byol.png", "knn_top1_simclr.png"):
         assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in markdown
@@ -244,3 +248,12 @@ def test_runs_beside_join_as_groups_of_their_own_paired_within_their_budget(tmp_
     capsys.readouterr()
     with pytest.raises(Exception, match="not a folder"):
         build_report(longer, out, beside=[tmp_path / "missing"])
+
+
+def test_every_run_shows_its_training_time_the_sum_of_its_epochs(tmp_path):
+    make_run(tmp_path / "r", "byol", 0, 0, [50, 60])
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({**r, "epoch_time_s": 10.4 * r["epoch"]}) + "\n" for r in records))
+    runs = build_report(tmp_path, tmp_path / "report.md").split("## Every run")[1]
+    assert "| method.name=byol, dimcl.weight=0.0 | 0 | 60.00 | 31 |" in runs  # 10.4 + 20.8

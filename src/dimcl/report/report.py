@@ -232,6 +232,7 @@ def build_report(
     lines += _summary_table(comparisons)
     lines += _groups_table(groups)
     lines += _paired_table(comparisons, groups)
+    lines += _runs_table(groups)
     lines += plots_markdown(groups, out_path.parent)
     lines += embedding_markdown(groups, out_path.parent)
     lines += _notes(groups, notes)
@@ -258,6 +259,23 @@ def _groups_table(groups: list[Group]) -> list[str]:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return lines
+
+
+def _runs_table(groups: list[Group]) -> list[str]:
+    """Every run's own figures, by configuration and seed, and its training time (the sum of its epochs'
+    ``epoch_time_s``: a run resumed from a checkpoint counts each epoch once)."""
+    runs = [(group, run) for group in groups for run in group.runs]
+    shown = [(key, title, decimals) for key, title, decimals in figures() if any(key in r.figures for _, r in runs)]
+    if not runs:
+        return []
+    header = ["configuration", "seed", *(title for _, title, _ in shown), "training (s)"]
+    lines = ["## Every run", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group, run in runs:
+        times = [r["epoch_time_s"] for r in run.metrics if isinstance(r.get("epoch_time_s"), int | float)]
+        cells = [f"{run.figures[key]:.{decimals}f}" if key in run.figures else "–" for key, _, decimals in shown]
+        cells.append(f"{sum(times):.0f}" if times else "–")
+        lines.append(f"| {group.label} | {run.seed} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _paired_table(comparisons: list[Comparison], groups: list[Group]) -> list[str]:
