@@ -8,6 +8,7 @@ import math
 import pytest
 
 from dimcl.config import save_config
+from dimcl.errors import BadInputError
 from dimcl.recipes import load_config, resolve_recipe
 from dimcl.report import build_report
 from dimcl.report.plots import _epoch_figure
@@ -246,7 +247,7 @@ def test_runs_beside_join_as_groups_of_their_own_paired_within_their_budget(tmp_
     figure = _epoch_figure(byol, "knn_top1", "kNN top-1 (%)", "byol")
     assert len(figure.legends[0].get_texts()) == 4
     capsys.readouterr()
-    with pytest.raises(Exception, match="not a folder"):
+    with pytest.raises(BadInputError, match="not a folder"):
         build_report(longer, out, beside=[tmp_path / "missing"])
 
 

@@ -265,9 +265,9 @@ def _runs_table(groups: list[Group]) -> list[str]:
     """Every run's own figures, by configuration and seed, and its training time (the sum of its epochs'
     ``epoch_time_s``: a run resumed from a checkpoint counts each epoch once)."""
     runs = [(group, run) for group in groups for run in group.runs]
-    shown = [(key, title, decimals) for key, title, decimals in figures() if any(key in r.figures for _, r in runs)]
     if not runs:
         return []
+    shown = [(key, title, decimals) for key, title, decimals in figures() if any(key in r.figures for _, r in runs)]
     header = ["configuration", "seed", *(title for _, title, _ in shown), "training (s)"]
     lines = ["## Every run", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group, run in runs:
