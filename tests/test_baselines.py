@@ -187,3 +187,40 @@ def test_an_unseen_class_protocol_is_its_own_and_has_no_classifier_score_on_the_
     assert record["supervised"]["train_images"] == 80  # the fixture's 160 training images, 16 of each class
     seen = baselines(cfg_of(data, "trainer.max_epochs=1", "data.classes=[0,1,2,3,4]"), log=None)
     assert "head_top1" in seen["supervised"]
+
+
+def test_a_folder_of_the_same_protocol_lends_its_supervised_ceiling(tmp_path, data, capsys, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["-c", "fashion_mnist/byol", "--seeds", "0,1", "trainer.max_epochs=1", f"data.root={data}", *SMALL]
+    cfg = cfg_of(data, "trainer.max_epochs=1")
+    protocol = protocol_of(cfg)
+    for seed, top1 in ((0, 91.0), (1, 92.0)):
+        write_baselines(first, {"seed": seed, "protocol": protocol, "supervised": {"knn_top1": top1, "epochs": 1}})
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the ceiling is lent, not trained again")
+
+    monkeypatch.setattr("dimcl.baselines.train_supervised", no_training)
+    assert main(["baselines", "-o", str(second), "--ceiling-from", str(first), "--labels", "20",
+                 "--labels-steps", "2", *args]) == 0
+    records = read_baselines(second)
+    lent = str(first / "baselines.json")
+    assert [r["supervised"] for r in records] == [{"knn_top1": 91.0, "epochs": 1, "from": lent},
+                                                  {"knn_top1": 92.0, "epochs": 1, "from": lent}]
+    # the floors and the few-label reference are computed here: only the full ceiling is lent
+    assert all(r["supervised_20img"]["steps"] == 2 and "knn_top1" in r["raw_pixels"] for r in records)
+    # lent on again, the row still names where it was trained
+    assert main(["baselines", "-o", str(tmp_path / "third"), "--ceiling-from", str(second), *args]) == 0
+    assert read_baselines(tmp_path / "third")[0]["supervised"]["from"] == lent
+    report = build_report(second)
+    assert f"The supervised ceiling of seed(s) 0, 1 is the one of `{lent}`" in report
+    assert "| supervised backbone (ceiling) | 0, 1 | 91.50 ± 0.71 |" in report
+    capsys.readouterr()
+    # another protocol (2 epochs) has no ceiling there: refused before anything is computed
+    assert main(["baselines", "-o", str(tmp_path / "fourth"), "--ceiling-from", str(first), *args,
+                 "trainer.max_epochs=2"]) == 2
+    assert "holds no supervised ceiling of seed 0" in capsys.readouterr().err
+    assert not (tmp_path / "fourth" / "baselines.json").exists()
+    assert main(["baselines", "-o", str(tmp_path / "fifth"), "--ceiling-from", str(first), "--no-supervised",
+                 *args]) == 2
+    assert "--no-supervised" in capsys.readouterr().err

@@ -22,7 +22,10 @@ Fashion-MNIST: 75 epochs; 10%: 7), scored by its own classifier. It is what the 
 pretraining, the reference of ``finetune_<tag>``.
 
 ``dimcl baselines`` writes them to ``baselines.json`` in a run or sweep folder (one record per seed and
-protocol, replaced when computed again); ``dimcl report`` and ``dimcl demo`` show them.
+protocol, replaced when computed again); ``dimcl report`` and ``dimcl demo`` show them. The supervised
+ceiling depends on the protocol and the seed alone, so a folder of the same protocol can lend it
+(:func:`ceiling_of`, ``dimcl baselines --ceiling-from``) instead of training it again: the row keeps the
+path of the record it came from (``"from"``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ from dimcl.files import write_atomic
 from dimcl.run_dir import BASELINES
 from dimcl.train.supervised import fit_supervised, train_supervised
 
-__all__ = ["PROTOCOL_KEYS", "baselines", "pixel_features", "protocol_of", "read_baselines", "write_baselines"]
+__all__ = [
+    "PROTOCOL_KEYS", "baselines", "ceiling_of", "pixel_features", "protocol_of", "read_baselines", "write_baselines",
+]
 
 #: the rows, in table order, with the words a table shows for them
 ROWS = {
@@ -130,10 +135,12 @@ def baselines(
     log: Callable[[str], None] | None = print,
     labels: tuple[str, ...] | list[str] = (),
     labels_steps: int = FEW_LABELS["steps"],
+    ceiling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The rows of the module docstring for ``cfg``'s protocol and seed, as one record; ``labels`` (e.g.
     ``("1%", "10%")``) adds the few-label figures, their ``supervised_<tag>`` rows trained for
-    ``labels_steps`` steps (unless not ``supervised``)."""
+    ``labels_steps`` steps (unless not ``supervised``). ``ceiling``: the ``supervised`` row of an earlier
+    record of the same seed and protocol (:func:`ceiling_of`), taken as it is instead of trained again."""
     say = log or (lambda _: None)
     if labels_steps < 1:
         raise ConfigError(f"--labels-steps got {labels_steps}; the few-label reference trains at least 1 step")
@@ -160,7 +167,10 @@ def baselines(
     backbone = build_backbone_from_config(cfg).to(device)
     record["random_init"] = _scores(_backbone_features(backbone, datasets, cfg, device), cfg, num_classes, subsets)
 
-    if supervised:
+    if supervised and ceiling is not None:
+        say(f"supervised backbone: the ceiling of {ceiling.get('from', 'an earlier record')}")
+        record["supervised"] = dict(ceiling)
+    elif supervised:
         say(f"supervised backbone: {cfg.trainer.max_epochs} epochs with labels")
         backbone, head, trained = train_supervised(cfg, device, log=say)
         features = _backbone_features(backbone, datasets, cfg, device)
@@ -169,6 +179,7 @@ def baselines(
             with torch.no_grad():
                 predictions = head(features[2].to(device)).argmax(1).cpu()
             record["supervised"]["head_top1"] = 100.0 * int((predictions == features[3]).sum()) / len(predictions)
+    if supervised:
         for tag, indices in subsets.items():
             say(f"supervised backbone on the {len(indices)} images of {record['few_labels'][tag]['labels']} of "
                 f"the labels, {labels_steps} steps")
@@ -187,6 +198,19 @@ def read_baselines(folder: str | Path) -> list[dict[str, Any]]:
     except ValueError as err:
         raise ConfigError(f"'{path}' is not valid JSON ({err}); delete it and run `dimcl baselines` again") from None
     return list(data.get("records", [])) if isinstance(data, dict) else []
+
+
+def ceiling_of(folder: str | Path, cfg: Config) -> dict[str, Any]:
+    """The supervised row of ``folder/baselines.json``'s record of ``cfg``'s seed and protocol, with the path it
+    came from as ``"from"`` (kept when the row was itself lent by another folder); a
+    :class:`~dimcl.config.ConfigError` naming what is missing when there is none."""
+    path = Path(folder) / BASELINES
+    protocol = protocol_of(cfg)
+    for r in read_baselines(folder):
+        if r.get("seed") == cfg.seed and r.get("protocol") == protocol and "supervised" in r:
+            return {**r["supervised"], "from": r["supervised"].get("from", str(path))}
+    raise ConfigError(f"'{path}' holds no supervised ceiling of seed {cfg.seed} for this protocol "
+                      f"({json.dumps(protocol, sort_keys=True)}); compute it there, or leave out --ceiling-from")
 
 
 def has_baselines(

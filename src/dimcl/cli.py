@@ -95,20 +95,28 @@ def _device(text: str) -> str:
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from dimcl.baselines import baselines, has_baselines, write_baselines
+    from dimcl.baselines import baselines, ceiling_of, has_baselines, write_baselines
     from dimcl.recipes import load_config, resolve_recipe
     from dimcl.run_dir import BASELINES
 
     path = resolve_recipe(args.config) if args.config else None
     cfg = load_config(path, args.overrides)
     check_output_folder(args.out)
-    for seed in args.seeds or [cfg.seed]:
+    if args.ceiling_from and args.no_supervised:
+        raise ConfigError("--ceiling-from lends the supervised ceiling that --no-supervised leaves out: "
+                          "give one of them")
+    seeds = args.seeds or [cfg.seed]
+    ceilings = {}
+    for seed in seeds:  # every lent ceiling checked before the first seed is computed
+        cfg.seed = seed
+        ceilings[seed] = ceiling_of(args.ceiling_from, cfg) if args.ceiling_from else None
+    for seed in seeds:
         cfg.seed = seed
         if args.skip_existing and has_baselines(args.out, cfg, supervised=not args.no_supervised, labels=args.labels):
             print(f"seed {seed}: already in {Path(args.out) / BASELINES} for this protocol, skipped")
             continue
         record = baselines(cfg, device=args.device, supervised=not args.no_supervised, labels=args.labels,
-                           labels_steps=args.labels_steps)
+                           labels_steps=args.labels_steps, ceiling=ceilings[seed])
         written = write_baselines(args.out, record)
         print(json.dumps({k: v for k, v in record.items() if k != "protocol"}, indent=2))
         print(f"wrote {written}")
@@ -237,6 +245,9 @@ def _add_pretrain_and_evaluations(sub: Any) -> None:
     p.add_argument("--labels-steps", type=int, default=FEW_LABELS_STEPS, dest="labels_steps",
                    help="optimizer steps of each few-label supervised reference, whatever its subset's size "
                    f"(default {FEW_LABELS_STEPS})")
+    p.add_argument("--ceiling-from", metavar="DIR", dest="ceiling_from",
+                   help="take each seed's supervised ceiling from DIR/baselines.json (its record of the same seed and "
+                   "protocol) instead of training it again; the row keeps the path it came from")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip the seeds whose record of this protocol OUT/baselines.json already holds (with the "
                    "supervised ceiling unless --no-supervised), so an interrupted or partial call can be finished")

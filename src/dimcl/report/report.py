@@ -143,6 +143,12 @@ def _baselines_table(folder: Path) -> list[str]:
                 cells.append(_cell((*mean_std(values), len(values)), 2, len(present)) if values else "–")
             lines.append(f"| {title} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
+        lent = [r for r in records if "from" in r.get("supervised", {})]
+        if lent:
+            sources = ", ".join(f"`{s}`" for s in sorted({r["supervised"]["from"] for r in lent}))
+            lines += [f"The supervised ceiling of seed(s) {_seeds_text([r.get('seed') for r in lent])} is the one "
+                      f"of {sources}: the same protocol and seeds, not trained again "
+                      "(`dimcl baselines --ceiling-from`).", ""]
         lines += _few_label_baselines(records)
     return lines
 
