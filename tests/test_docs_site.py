@@ -54,6 +54,10 @@ def test_the_home_page_starts_with_the_readme_quick_start():
     start = hooks.home_start((REPO / "README.md").read_text())
     assert start.startswith("# dimcl") and "## Quick start" in start and "make demo" in start
     assert "](docs/" not in start  # links into docs/ are the site's
+    # an anchor of a later README section (not on the home page) keeps its text; one of the quick start stays
+    readme = "# t\n\nSee [the results](#results-on-the-cpu-x) and [start](#quick-start-two-commands).\n\n" \
+             "## Quick start: two commands\n\nmake demo\n\n## Results on the CPU: x\n"
+    assert "See the results and [start](#quick-start-two-commands)." in hooks.home_start(readme)
 
 
 API_PAGES = {"losses.md": dimcl.losses, "methods.md": dimcl.methods, "models.md": dimcl.models}

@@ -81,10 +81,19 @@ def home_start(readme: str, titles: dict[str, str] | None = None) -> str:
     return _site_links(sections[0] + quick, titles or {}).rstrip() + "\n\n"
 
 
+def _anchor(heading: str) -> str:
+    """The anchor of a heading as GitHub and the toc extension make it: lower case, punctuation dropped,
+    spaces made hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
 def _site_links(markdown: str, titles: dict[str, str]) -> str:
+    # an anchor of a README section the home page does not hold (the results, say) keeps only its text
+    anchors = {_anchor(h) for h in re.findall(r"(?m)^#+ (.*)$", markdown)}
+
     def relink(match: re.Match) -> str:
         text, target = match.groups()
-        if target.startswith(("http://", "https://", "#")):
+        if target.startswith(("http://", "https://")) or target.removeprefix("#") in anchors:
             return match.group(0)
         if target.startswith("docs/"):
             page = target.removeprefix("docs/") or INDEX
