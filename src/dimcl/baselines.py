@@ -167,25 +167,35 @@ def baselines(
     backbone = build_backbone_from_config(cfg).to(device)
     record["random_init"] = _scores(_backbone_features(backbone, datasets, cfg, device), cfg, num_classes, subsets)
 
-    if supervised and ceiling is not None:
-        say(f"supervised backbone: the ceiling of {ceiling.get('from', 'an earlier record')}")
-        record["supervised"] = dict(ceiling)
-    elif supervised:
-        say(f"supervised backbone: {cfg.trainer.max_epochs} epochs with labels")
-        backbone, head, trained = train_supervised(cfg, device, log=say)
-        features = _backbone_features(backbone, datasets, cfg, device)
-        record["supervised"] = {**_scores(features, cfg, num_classes), **trained}
-        if cfg.eval.classes is None or cfg.data.classes is None or set(cfg.eval.classes) <= set(cfg.data.classes):
-            with torch.no_grad():
-                predictions = head(features[2].to(device)).argmax(1).cpu()
-            record["supervised"]["head_top1"] = 100.0 * int((predictions == features[3]).sum()) / len(predictions)
     if supervised:
+        if ceiling is not None:
+            say(f"supervised backbone: the ceiling of {ceiling.get('from', 'an earlier record')}")
+            record["supervised"] = dict(ceiling)
+        else:
+            record["supervised"] = _supervised_ceiling(cfg, datasets, num_classes, device, say)
         for tag, indices in subsets.items():
             say(f"supervised backbone on the {len(indices)} images of {record['few_labels'][tag]['labels']} of "
                 f"the labels, {labels_steps} steps")
             record[few_label_row(tag)] = _few_label_supervised(
                 cfg, splits, indices, datasets[1], num_classes, labels_steps, device, say)
     return record
+
+
+def _supervised_ceiling(
+    cfg: Config, datasets: tuple[Dataset, Dataset], num_classes: int, device: str | torch.device,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The ``supervised`` row: the backbone trained with labels for the config's epochs, its features scored,
+    and its own classifier's top-1 when the evaluation classes are ones it was trained on."""
+    say(f"supervised backbone: {cfg.trainer.max_epochs} epochs with labels")
+    backbone, head, trained = train_supervised(cfg, device, log=say)
+    features = _backbone_features(backbone, datasets, cfg, device)
+    row = {**_scores(features, cfg, num_classes), **trained}
+    if cfg.eval.classes is None or cfg.data.classes is None or set(cfg.eval.classes) <= set(cfg.data.classes):
+        with torch.no_grad():
+            predictions = head(features[2].to(device)).argmax(1).cpu()
+        row["head_top1"] = 100.0 * int((predictions == features[3]).sum()) / len(predictions)
+    return row
 
 
 def read_baselines(folder: str | Path) -> list[dict[str, Any]]:
