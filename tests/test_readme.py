@@ -99,3 +99,20 @@ def test_readme_few_label_table_is_the_committed_report():
         assert [cells[0], *cells[3:6]] == [seeds, one, ten, finetune], name
     references = [line for line in text.splitlines() if "(floor)" in line or "(ceiling)" in line]
     assert len(references) == 3 and all(line in frameworks.splitlines() for line in references)
+
+
+#: round two's part 2: the methods pretrained on classes 0-4 and scored on 5-9, their report in benchmarks/quality/unseen/
+UNSEEN = {"BYOL": "byol", "SimSiam": "simsiam", "DINO": "dino"}
+
+
+def test_readme_unseen_class_tables_are_the_committed_report():
+    """The unseen-class rows are benchmarks/quality/unseen/report.md's summary rows (seeds, kNN, linear, 10% linear,
+    effective rank), and its reference rows that report's floors and ceiling on the same classes."""
+    unseen = (QUALITY / "unseen" / "report.md").read_text()
+    text = _results_subsection("On unseen classes")
+    rows = _method_rows(text, UNSEEN)
+    assert len(rows) == len(UNSEEN)
+    for name, seeds, *cells in rows:
+        assert _summary_cells(unseen, name) == [seeds, *cells], name
+    references = [line for line in text.splitlines() if "(floor)" in line or "(ceiling)" in line]
+    assert len(references) == 6 and all(line in unseen.splitlines() for line in references)
