@@ -32,6 +32,11 @@ def _method_rows(text: str, names: dict[str, str] = NAMES) -> list[list[str]]:
     return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
 
 
+def _reference_rows(text: str) -> list[str]:
+    """The floor and ceiling rows of a README table or a report."""
+    return [line for line in text.splitlines() if "(floor)" in line or "(ceiling)" in line]
+
+
 def _summary_line(report: str, name: str) -> str:
     key = {**NAMES, **FRAMEWORKS}[name]
     return next(line for line in report.splitlines() if line.startswith(f"| {key} | λ=0.1, τ=0.1, InfoNCE |"))
@@ -63,7 +68,7 @@ def test_readme_main_study_tables_are_the_committed_report():
     assert rows and len(rows) == len(summary_rows)
     for name, seeds, *cells in rows:
         assert _summary_cells(report, name) == [seeds, *cells], name
-    floors = [line for line in text.splitlines() if "(floor)" in line or "(ceiling)" in line]
+    floors = _reference_rows(text)
     assert floors and all(line in report.splitlines() for line in floors)
     # The main grid's runs: both arms of every pair (the report's run count also holds BYOL's ablation cells).
     runs = sum(2 * len(row[1].split(", ")) for row in rows)
@@ -82,8 +87,7 @@ def test_readme_main_study_tables_are_the_committed_report():
     def means(line: str) -> list[str]:
         return [cell.split(" ±")[0].strip() for cell in line.strip().strip("|").split("|")]
 
-    theirs = {means(line)[0]: means(line) for line in frameworks.split("With few labels")[0].splitlines()
-              if "(floor)" in line or "(ceiling)" in line}
+    theirs = {means(line)[0]: means(line) for line in _reference_rows(frameworks.split("With few labels")[0])}
     assert all(theirs[means(line)[0]] == means(line) for line in floors)
     runs += sum(2 * len(row[1].split(", ")) for row in rows)
     assert f"({runs} runs" in text.split("\n", 1)[0]
@@ -99,9 +103,8 @@ def test_readme_few_label_table_is_the_committed_report():
     for name, seeds, one, ten, finetune in rows:
         cells = _summary_cells(frameworks, name)  # seeds, kNN, linear, 1%, 10%, fine-tuning, rank
         assert [cells[0], *cells[3:6]] == [seeds, one, ten, finetune], name
-    references = [line for line in text.splitlines() if "(floor)" in line or "(ceiling)" in line]
+    references = _reference_rows(text)
     assert len(references) == 3 and all(line in frameworks.splitlines() for line in references)
-
 
 
 def test_readme_unseen_class_tables_are_the_committed_report():
@@ -113,5 +116,5 @@ def test_readme_unseen_class_tables_are_the_committed_report():
     assert len(rows) == len(UNSEEN)
     for name, seeds, *cells in rows:
         assert _summary_cells(unseen, name) == [seeds, *cells], name
-    references = [line for line in text.splitlines() if "(floor)" in line or "(ceiling)" in line]
+    references = _reference_rows(text)
     assert len(references) == 6 and all(line in unseen.splitlines() for line in references)
