@@ -290,8 +290,9 @@ def _add_sweeps_and_outputs(sub: Any) -> None:
     p.add_argument("--include-unfinished", action="store_true",
                    help="also report runs that stopped before their trainer.max_epochs (left out by default)")
     p.add_argument("--beside", action="append", default=[], metavar="DIR2",
-                   help="also show the runs under DIR2 of the methods DIR has, as groups of their own in the same "
-                   "tables and plots (e.g. the shorter runs a longer budget is compared with); repeatable")
+                   help="also show the runs under DIR2 of the arms DIR has (the same method with DimCL off, or on "
+                   "with the same dimcl.* setting), as groups of their own in the same tables and plots (e.g. "
+                   "the shorter runs a longer budget is compared with); repeatable")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="write a run's backbone for torchvision, timm or as safetensors",

@@ -229,17 +229,21 @@ def test_runs_beside_join_as_groups_of_their_own_paired_within_their_budget(tmp_
         make_run(shorter / f"base{seed}", "byol", 0, seed, [60, 70 + seed])
         make_run(shorter / f"dimcl{seed}", "byol", 0.1, seed, [61, 71 + seed])
     make_run(shorter / "simclr", "simclr", 0, 0, [50, 55])  # a method the longer runs lack: left out
+    # an ablation the longer runs lack (another temperature): left out; with λ = 0 it is still the baseline
+    make_run(shorter / "hotter", "byol", 0.1, 0, [40, 45], extra=["dimcl.temperature=0.5"])
+    make_run(shorter / "base2", "byol", 0, 2, [60, 72], extra=["dimcl.temperature=0.5"])
     out = tmp_path / "report" / "report.md"
     assert main(["report", str(longer), "--out", str(out), "--beside", str(shorter)]) == 0
     markdown = out.read_text()
-    assert f"4 run(s) under `{longer}` and 4 of the same methods under `{shorter}` in 4 configuration(s)" in markdown
-    assert "simclr" not in markdown
+    assert f"4 run(s) under `{longer}` and 5 of the same arms under `{shorter}` in 4 configuration(s)" in markdown
+    assert "simclr" not in markdown and "τ=0.5" not in markdown and "45.00" not in markdown
     summary = markdown.split("## Summary: +DimCL against its baseline")[1].split("## ")[0]
     rows = [line for line in summary.splitlines() if line.startswith("| byol |")]
     # each budget's +DimCL is paired with its own baseline: +2.50 over 4 epochs, +1.00 over 2
     assert len(rows) == 2 and any("trainer.max_epochs=4 | 0, 1 | 80.50 → 83.00, +2.50" in r for r in rows)
     assert any("trainer.max_epochs=2 | 0, 1 | 70.50 → 71.50, +1.00" in r for r in rows)
-    groups = group_runs(load_runs(longer)[0] + load_runs(shorter)[0])
+    shown = [run for run in load_runs(shorter)[0] if run.path.name != "hotter"]
+    groups = group_runs(load_runs(longer)[0] + shown)
     byol = [g for g in groups if g.method == "byol"]
     assert sorted(g.label for g in byol) == sorted(
         f"method.name=byol, dimcl.weight={w}, trainer.max_epochs={e}" for w in (0.0, 0.1) for e in (2, 4))

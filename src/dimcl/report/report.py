@@ -194,10 +194,11 @@ def build_report(
     """Write the Markdown report of the runs under ``sweep_dir`` to ``out_path`` and return it.
 
     Runs that have not reached their ``trainer.max_epochs`` are left out (and named in the notes) unless
-    ``include_unfinished``. The runs under each folder of ``beside`` whose method has runs under
-    ``sweep_dir`` join the tables and plots as groups of their own (e.g. the 8-epoch cells next to the
-    24-epoch ones: the groups' labels say what differs, and each +DimCL group is paired with the baseline of
-    its own configuration); the floors and ceiling stay ``sweep_dir``'s.
+    ``include_unfinished``. The runs under each folder of ``beside`` that are arms of ``sweep_dir``'s (the same
+    method, and its baseline or the same ``dimcl.*`` setting: an ablation of another temperature is left out)
+    join the tables and plots as groups of their own (e.g. the 8-epoch cells next to the 24-epoch ones: the
+    groups' labels say what differs, and each +DimCL group is paired with the baseline of its own
+    configuration); the floors and ceiling stay ``sweep_dir``'s.
 
     ``out_path`` defaults to ``<sweep_dir>/report.md``; the PNG plots (``knn_top1_<method>.png``, and
     ``effective_rank_<method>.png`` when the metrics hold ``backbone_effective_rank``) go next to it, and so do
@@ -212,15 +213,15 @@ def build_report(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     runs, notes = load_runs(sweep_dir, include_unfinished)
     where = f"{len(runs)} run(s) under `{sweep_dir}`"
-    methods = {run.config.get("method.name") for run in runs}
+    arms = {_arm(run) for run in runs}
     for folder in beside:
         if not Path(folder).is_dir():
             raise BadInputError(f"--beside '{folder}' is not a folder; give a folder that holds run directories")
         others, other_notes = load_runs(folder, include_unfinished)
-        kept = [run for run in others if run.config.get("method.name") in methods]
+        kept = [run for run in others if _arm(run) in arms]
         runs += kept
         notes += other_notes
-        where += f" and {len(kept)} of the same methods under `{folder}`"
+        where += f" and {len(kept)} of the same arms under `{folder}`"
     groups = group_runs(runs)
     lines = [
         "# DimCL report",
@@ -245,6 +246,14 @@ def build_report(
     markdown = "\n".join(lines).rstrip() + "\n"
     out_path.write_text(markdown)
     return markdown
+
+
+def _arm(run: Run) -> tuple:
+    """What a run is an arm of: its method, and its ``dimcl.*`` setting when DimCL is on (with λ = 0 the other
+    ``dimcl.*`` keys change nothing, so every baseline of a method is one arm)."""
+    if run.dimcl_weight <= 0:
+        return run.method, "base"
+    return run.method, tuple(sorted((k, v) for k, v in run.config.items() if k.startswith("dimcl.")))
 
 
 def _groups_table(groups: list[Group]) -> list[str]:
