@@ -5,7 +5,7 @@
 # two cores that does about a quarter more steps per second than one two-thread run after another); then
 # the floors and the ceiling of the same protocol, one record per seed (dimcl baselines with the grid's
 # epochs and the BASELINE ARGS: more overrides, --labels ...), and the report, FOLDER/report.md (with the runs
-# of the same methods under BESIDE, when set, as groups of their own: dimcl report --beside).
+# of the same arms under BESIDE, when set, as groups of their own: dimcl report --beside).
 # Resumable: finished cells and recorded seeds are skipped, so it starts or continues a grid in any session.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
