@@ -21,6 +21,7 @@ from typing import Any
 from dimcl.baselines import ROWS as BASELINE_ROWS
 from dimcl.baselines import few_label_row, read_baselines
 from dimcl.errors import BadInputError
+from dimcl.experiment import experiment_of
 from dimcl.report.plots import embedding_markdown, plots_markdown
 from dimcl.report.runs import (
     Comparison,
@@ -249,11 +250,10 @@ def build_report(
 
 
 def _arm(run: Run) -> tuple:
-    """What a run is an arm of: its method, and its ``dimcl.*`` setting when DimCL is on (with λ = 0 the other
-    ``dimcl.*`` keys change nothing, so every baseline of a method is one arm)."""
-    if run.dimcl_weight <= 0:
-        return run.method, "base"
-    return run.method, tuple(sorted((k, v) for k, v in run.config.items() if k.startswith("dimcl.")))
+    """What a run is an arm of: its method and the ``dimcl.*`` keys of its experiment
+    (:func:`~dimcl.experiment.experiment_of`: with λ = 0 only λ, so every baseline of a method is one arm)."""
+    experiment = experiment_of(run.config)
+    return run.method, tuple(sorted((k, repr(v)) for k, v in experiment.items() if k.startswith("dimcl.")))
 
 
 def _groups_table(groups: list[Group]) -> list[str]:
