@@ -19,6 +19,8 @@ NAMES = {"SimCLR": "simclr", "MoCo v2+": "mocov2plus", "BYOL": "byol", "SimSiam"
 FRAMEWORKS = {"DINO": "dino", "SwAV": "swav", "MoCo v3": "mocov3", "NNCLR": "nnclr", "W-MSE": "wmse"}
 #: round two's part 2: pretrained on classes 0-4, scored on 5-9; their report in benchmarks/quality/unseen/
 UNSEEN = {"BYOL": "byol", "SimSiam": "simsiam", "DINO": "dino"}
+#: round two's part 3: 24 epochs beside the main study's 8; their report in benchmarks/quality/budget/
+BUDGET = {"SimSiam": "simsiam", "BYOL": "byol"}
 QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality"
 
 
@@ -37,14 +39,17 @@ def _reference_rows(text: str) -> list[str]:
     return [line for line in text.splitlines() if "(floor)" in line or "(ceiling)" in line]
 
 
-def _summary_line(report: str, name: str) -> str:
+def _summary_line(report: str, name: str, setting: str = "") -> str:
+    """``name``'s summary row of +DimCL (λ 0.1, τ 0.1) against its baseline; ``setting`` is what else tells the
+    row apart, e.g. ``"; trainer.max_epochs=24"`` in a report that holds two budgets."""
     key = {**NAMES, **FRAMEWORKS}[name]
-    return next(line for line in report.splitlines() if line.startswith(f"| {key} | λ=0.1, τ=0.1, InfoNCE |"))
+    start = f"| {key} | λ=0.1, τ=0.1, InfoNCE{setting} |"
+    return next(line for line in report.splitlines() if line.startswith(start))
 
 
-def _summary_cells(report: str, name: str) -> list[str]:
+def _summary_cells(report: str, name: str, setting: str = "") -> list[str]:
     """The cells of ``name``'s summary row after its method and DimCL setting: seeds, then the columns."""
-    return [cell.strip() for cell in _summary_line(report, name).strip().strip("|").split("|")][2:]
+    return [cell.strip() for cell in _summary_line(report, name, setting).strip().strip("|").split("|")][2:]
 
 
 def test_readme_short_budget_table_is_the_committed_report():
@@ -118,3 +123,20 @@ def test_readme_unseen_class_tables_are_the_committed_report():
         assert _summary_cells(unseen, name) == [seeds, *cells], name
     references = _reference_rows(text)
     assert len(references) == 6 and all(line in unseen.splitlines() for line in references)
+
+
+def test_readme_budget_table_is_the_committed_report():
+    """The budget rows are benchmarks/quality/budget/report.md's summary rows of each method at 8 and at 24 epochs
+    (seeds and every column), its reference rows that report's floors and 24-epoch ceiling, and the README shows
+    each method's per-epoch kNN figure of that report."""
+    budget = (QUALITY / "budget" / "report.md").read_text()
+    text = _results_subsection("With three times the training")
+    rows = _method_rows(text, BUDGET)
+    assert sorted((name, epochs) for name, epochs, *_ in rows) == sorted(
+        (name, epochs) for name in BUDGET for epochs in ("8", "24"))
+    for name, epochs, seeds, *cells in rows:
+        assert _summary_cells(budget, name, f"; trainer.max_epochs={epochs}") == [seeds, *cells], (name, epochs)
+    references = _reference_rows(text)
+    assert len(references) == 3 and all(line in budget.splitlines() for line in references)
+    for key in BUDGET.values():
+        assert f"](benchmarks/quality/budget/knn_top1_{key}.png)" in text and f"(knn_top1_{key}.png)" in budget
